@@ -1,0 +1,32 @@
+# The ROS 2 pip wheels export the Python include directory of the machine they were built on
+# (manylinux's /opt/python/cp311-cp311/include/python3.11 and its numpy headers) in their imported targets,
+# which makes CMake's generate step fail elsewhere. ov3dseg_fix_python_includes() replaces such missing
+# directories of all imported targets with this interpreter's Python and NumPy headers. On a ROS 2 distribution install the paths exist and
+# nothing changes.
+function(ov3dseg_fix_python_includes)
+  find_package(Python3 REQUIRED COMPONENTS Interpreter Development NumPy)
+  get_property(targets DIRECTORY PROPERTY IMPORTED_TARGETS)
+  foreach(target IN LISTS targets)
+    get_target_property(dirs ${target} INTERFACE_INCLUDE_DIRECTORIES)
+    if(NOT dirs)
+      continue()
+    endif()
+    set(fixed "")
+    set(changed FALSE)
+    foreach(dir IN LISTS dirs)
+      if(NOT EXISTS "${dir}" AND dir MATCHES "/include/python3")
+        list(APPEND fixed ${Python3_INCLUDE_DIRS})
+        set(changed TRUE)
+      elseif(NOT EXISTS "${dir}" AND dir MATCHES "numpy/.*include")
+        list(APPEND fixed ${Python3_NumPy_INCLUDE_DIRS})
+        set(changed TRUE)
+      else()
+        list(APPEND fixed "${dir}")
+      endif()
+    endforeach()
+    if(changed)
+      list(REMOVE_DUPLICATES fixed)
+      set_target_properties(${target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${fixed}")
+    endif()
+  endforeach()
+endfunction()

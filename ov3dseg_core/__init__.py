@@ -1,0 +1,1 @@
+"""ov3dseg core."""
