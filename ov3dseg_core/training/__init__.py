@@ -1,0 +1,1 @@
+"""Offline training: per-view samples, the trainer, checkpoints."""

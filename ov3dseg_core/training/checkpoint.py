@@ -1,0 +1,108 @@
+"""Model checkpoints in safetensors, with the config and the vocabulary embedded as metadata.
+
+A checkpoint is one ``.safetensors`` file holding the model's state dict; its metadata carries
+``ov3dseg_format``, ``config`` (JSON), ``vocabulary`` (JSON list of class names), ``step`` and ``extra`` (JSON).
+Optimizer/scheduler state for resuming lives beside it in ``<name>.train_state.pt``. Both are written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+FORMAT = "ov3dseg-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, corrupt or not an ov3dseg checkpoint."""
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    vocabulary: list[str]
+    step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``path`` (.safetensors) atomically; tensors are stored contiguous on CPU."""
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in ckpt.state_dict.items()}
+    metadata = {
+        "ov3dseg_format": FORMAT,
+        "config": json.dumps(ckpt.config),
+        "vocabulary": json.dumps(list(ckpt.vocabulary)),
+        "step": str(int(ckpt.step)),
+        "extra": json.dumps(ckpt.extra),
+    }
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The decoded metadata of a checkpoint without loading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from exc
+    if meta.get("ov3dseg_format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('ov3dseg_format')!r}, expected {FORMAT!r}")
+    return {
+        "config": json.loads(meta["config"]),
+        "vocabulary": json.loads(meta["vocabulary"]),
+        "step": int(meta["step"]),
+        "extra": json.loads(meta.get("extra", "{}")),
+    }
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; CheckpointError when corrupt or foreign."""
+    meta = read_metadata(path)
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {exc}") from exc
+    return Checkpoint(state_dict=state, **meta)
+
+
+def train_state_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".train_state.pt")
+
+
+def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Optimizer, scheduler, scaler and RNG state for resuming, beside checkpoint ``path``."""
+    _atomic_write(train_state_path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_train_state(path: str | Path) -> dict[str, Any] | None:
+    p = train_state_path(path)
+    return torch.load(p, map_location="cpu", weights_only=False) if p.exists() else None
