@@ -1,0 +1,198 @@
+"""``ov3dseg eval INPUT --out DIR [--split NAME] [--oracle] [--params FILE] [--voxel-size V]``
+
+INPUT is either
+- a ROS 2 bag (an ``.mcap`` file, or a rosbag2 folder with ``metadata.yaml``): it is replayed through the real node
+  graph (``ov3dseg_ros.replay.replay_bag``, needs rclpy), the saved map is matched against the bag's ground-truth
+  cloud (``/ground_truth/points``: PointCloud2 x y z label instance, map frame; ``/ground_truth/label_names``:
+  std_msgs/String JSON list); ``--oracle`` feeds the bag's ground-truth label images as the label input;
+- or a dataset scene (anything ``ov3dseg_core.data.open_scene`` reads): its frames are fused offline into a
+  VoxelMap and matched against the scene's labelled points. Offline evaluation without a model needs ``--oracle``
+  (the frames' ground-truth label images are the labels); model predictions come with a later issue.
+
+Writes DIR/report.json (keys: miou, macc, fmiou, fmacc, per_class_iou, per_class_acc, num_points, coverage,
+voxel_size and, with --split, split, base_miou, novel_miou, hiou), DIR/report.md, DIR/per_class_iou.png,
+DIR/confusion.png and the evaluated map DIR/map.safetensors; prints the markdown table.
+--params is a mapping-node parameter file (flat, or ``ov3dseg_mapper: ros__parameters: ...``): bags get all of it,
+the offline path uses voxel_size, max_voxels, depth_min_range, depth_max_range and depth_stride.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from ov3dseg_core.config import from_dict
+from ov3dseg_core.eval.evaluate import EvalReport, evaluate_map
+from ov3dseg_core.eval.report import markdown_table, write_report
+from ov3dseg_core.eval.splits import Split, SplitError, load_split
+
+GT_POINTS_TOPIC = "/ground_truth/points"
+GT_LABEL_NAMES_TOPIC = "/ground_truth/label_names"
+MAP_FILE = "map.safetensors"
+
+
+class EvalInputError(ValueError):
+    """An input the evaluation cannot use (missing ground truth, no labels, unsupported mode)."""
+
+
+@dataclass
+class OfflineParams:
+    """The mapping-node parameters the offline (dataset) path uses; metres."""
+
+    voxel_size: float = 0.05
+    max_voxels: int = 5_000_000
+    depth_min_range: float = 0.1
+    depth_max_range: float = 10.0
+    depth_stride: int = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="a bag (.mcap file or rosbag2 folder) or a dataset scene")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for the report and plots")
+    parser.add_argument("--split", help="base/novel split name (e.g. sim_b15n4, scannet_b15n4) or split YAML path")
+    parser.add_argument("--oracle", action="store_true",
+                        help="use the ground-truth label images as the label input (required offline for now)")
+    parser.add_argument("--params", type=Path, help="mapping-node parameter YAML")
+    parser.add_argument("--voxel-size", type=float, help="voxel edge length in metres (overrides --params)")
+    parser.add_argument("--frame-stride", type=int, default=1, help="offline: use every n-th frame (default 1)")
+
+
+def is_bag(path: Path) -> bool:
+    """True for an .mcap file or a rosbag2 folder (with metadata.yaml)."""
+    return (path.is_file() and path.suffix == ".mcap") or (path.is_dir() and (path / "metadata.yaml").is_file())
+
+
+def load_params(path: Path | None) -> dict[str, Any]:
+    """Flat parameter dict from a YAML file; a ``<node>: ros__parameters:`` wrapper is unwrapped."""
+    if path is None:
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise EvalInputError(f"{path}: parameters must be a mapping")
+    if len(data) == 1:
+        (inner,) = data.values()
+        if isinstance(inner, dict) and isinstance(inner.get("ros__parameters"), dict):
+            data = inner["ros__parameters"]
+    return dict(data)
+
+
+def read_bag_ground_truth(bag_path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The latest ground-truth cloud of a bag: (points (N, 3) float32 metres map frame, labels (N,) int32,
+    label names)."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import get_typestore
+
+    from ov3dseg_core.data.bag_writer import TYPESTORE_NAME
+    from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_array
+
+    cloud = names = None
+    with AnyReader([bag_path], default_typestore=get_typestore(TYPESTORE_NAME)) as reader:
+        connections = [c for c in reader.connections if c.topic in (GT_POINTS_TOPIC, GT_LABEL_NAMES_TOPIC)]
+        for conn, _, raw in reader.messages(connections=connections):
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.topic == GT_LABEL_NAMES_TOPIC:
+                names = json.loads(msg.data)
+            else:
+                if msg.header.frame_id != "map":
+                    raise EvalInputError(f"{bag_path}: {GT_POINTS_TOPIC} is in frame {msg.header.frame_id!r}, "
+                                         "expected 'map'")
+                cloud = pointcloud2_to_array(msg)
+    if cloud is None or names is None:
+        raise EvalInputError(f"{bag_path}: no ground truth; the bag needs {GT_POINTS_TOPIC} and {GT_LABEL_NAMES_TOPIC}")
+    if "label" not in cloud.dtype.names:
+        raise EvalInputError(f"{bag_path}: {GT_POINTS_TOPIC} has no 'label' field (fields: {cloud.dtype.names})")
+    points = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=1).astype(np.float32)
+    finite = np.isfinite(points).all(axis=1)
+    return points[finite], cloud["label"][finite].astype(np.int32), list(names)
+
+
+def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path
+                 ) -> EvalReport:
+    """Replay the bag through the node graph (deterministically), then evaluate the saved map."""
+    from ov3dseg_core.mapping.voxel_map import VoxelMap
+    try:
+        from ov3dseg_ros.replay import ReplayError, replay_bag
+    except ImportError as exc:
+        raise EvalInputError(f"evaluating a bag replays it through the ROS node graph, which is not available here "
+                             f"({exc}); run scripts/setup.sh, then . .venv/bin/activate") from None
+
+    points, labels, names = read_bag_ground_truth(bag_path)
+    if split is not None:
+        split.label_lookup(names)  # fail before the replay when the split does not fit the bag's classes
+    try:
+        result = replay_bag(bag_path, params=params, oracle=oracle, deterministic=True,
+                            save_map=str(out_dir / MAP_FILE))
+    except ReplayError as exc:
+        raise EvalInputError(str(exc)) from None
+    voxel_map = VoxelMap.load(result.map_path)
+    map_names = voxel_map.label_names or list(result.label_names)
+    return evaluate_map(voxel_map, points, labels, names, split=split,
+                        map_label_names=None if map_names == names else map_names)
+
+
+def evaluate_dataset(path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path,
+                     frame_stride: int = 1) -> EvalReport:
+    """Fuse a dataset scene's frames offline into a VoxelMap (ground-truth label images as labels) and evaluate it."""
+    from ov3dseg_core.data import open_scene
+    from ov3dseg_core.data.frames import frame_points
+    from ov3dseg_core.mapping.voxel_map import VoxelMap, VoxelMapConfig
+
+    if not oracle:
+        raise EvalInputError("offline evaluation of a dataset needs --oracle for now (the frames' ground-truth "
+                             "label images become the labels); evaluating a model's predictions comes later")
+    if frame_stride < 1:
+        raise EvalInputError(f"--frame-stride must be >= 1, got {frame_stride}")
+    offline = from_dict(OfflineParams, {k: v for k, v in params.items()
+                                        if k in {f.name for f in dataclasses.fields(OfflineParams)}}, "params")
+    scene = open_scene(path)
+    if scene.points is None or scene.labels is None or not scene.label_names:
+        raise EvalInputError(f"scene {scene.name!r} ({path}) has no labelled point cloud to evaluate against")
+    if split is not None:
+        split.label_lookup(scene.label_names)  # fail before fusing when the split does not fit the scene's classes
+    voxel_map = VoxelMap(VoxelMapConfig(voxel_size=offline.voxel_size, num_labels=len(scene.label_names),
+                                        max_voxels=offline.max_voxels), label_names=scene.label_names)
+    frames = scene.frames[::frame_stride]
+    skipped = 0
+    for index, frame in enumerate(tqdm(frames, desc=f"fusing {scene.name}", unit="frame")):
+        if frame.labels is None:
+            raise EvalInputError(f"frame {index * frame_stride} of {scene.name!r} has no ground-truth label image")
+        if frame.pose is None:
+            skipped += 1
+            continue
+        points, colors, labels = frame_points(frame, min_range=offline.depth_min_range,
+                                              max_range=offline.depth_max_range, stride=offline.depth_stride)
+        voxel_map.integrate(points, colors=colors, labels=labels, sensor_origin=frame.pose[:3, 3])
+    if skipped:
+        print(f"ov3dseg eval: skipped {skipped} of {len(frames)} frames without a pose", file=sys.stderr)
+    voxel_map.save(out_dir / MAP_FILE)
+    return evaluate_map(voxel_map, scene.points, scene.labels, scene.label_names, split=split)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        split = load_split(args.split) if args.split else None
+        params = load_params(args.params)
+        if args.voxel_size is not None:
+            params["voxel_size"] = args.voxel_size
+        if not args.input.exists():
+            raise EvalInputError(f"{args.input} does not exist")
+        args.out.mkdir(parents=True, exist_ok=True)
+        if is_bag(args.input):
+            report = evaluate_bag(args.input, params, args.oracle, split, args.out)
+        else:
+            report = evaluate_dataset(args.input, params, args.oracle, split, args.out, args.frame_stride)
+    except (EvalInputError, SplitError) as exc:
+        print(f"ov3dseg eval: {exc}", file=sys.stderr)
+        return 2
+    write_report(report, args.out)
+    print(markdown_table(report), end="")
+    return 0
