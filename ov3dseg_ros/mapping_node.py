@@ -1,0 +1,548 @@
+"""The ``ov3dseg_mapper`` node: RGB-D (+ labels) and LiDAR in, a semantic voxel map out, answering /query.
+
+Threads: subscription callbacks only file messages (stamp matching, a bounded TF-gated queue); one worker thread
+decodes, looks up map <- sensor and integrates each frame through a list of stages (geometry now; the model
+stages of later issues plug in with ``add_frame_stage``); /query runs in its own callback group and the output
+timers in another, so a multi-threaded executor answers queries while frames integrate.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from ov3dseg_core.data.frames import RGBDFrame, frame_points, labels_from_u16
+from ov3dseg_core.geometry.camera import PinholeCamera, depth_to_metres
+from ov3dseg_core.geometry.lidar import clean_points
+from ov3dseg_core.geometry.tf_buffer import TfBuffer, TransformError
+from ov3dseg_core.geometry.transforms import transform_points
+from ov3dseg_core.mapping.query import QueryError, query_features, query_labels, validate_query
+from ov3dseg_core.mapping.map_file import MapFileError, load_map
+from ov3dseg_core.mapping.voxel_map import VoxelMap, VoxelMapConfig
+from ov3dseg_core.msgs import MessageFormatError
+from ov3dseg_core.msgs.image import image_to_numpy
+from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_xyz
+from ov3dseg_ros.conversions import (color_to_rgb, header, hit_markers, object_hit_msg, pointcloud2_msg,
+                                     query_cloud_points, semantic_cloud_points, stamp_to_ns)
+from ov3dseg_ros.frame_queue import FrameQueue, PendingFrame
+from ov3dseg_ros.msg import MapStatus
+from ov3dseg_ros.params import NODE_NAME, MapperConfig, ParameterError, declare_config, on_set_parameters
+from ov3dseg_ros.srv import LoadMap, Query, SaveMap
+from ov3dseg_ros.stamp_sync import StampSynchronizer
+from ov3dseg_ros.tf_listener import TfListener
+from ov3dseg_ros.timing import StageTimings
+
+FrameStage = Callable[[RGBDFrame, VoxelMap], None]
+"""A worker stage run on every posed RGB-D frame after geometric integration (e.g. a 2D/3D model writing
+fused features with VoxelMap.integrate_features). frame.pose is T_map_camera."""
+
+SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+"""Inputs: reliable (as the replay and most drivers publish), a few messages deep (callbacks return at once)."""
+WARN_PERIOD_S = 5.0
+"""Minimum seconds between two warnings of the same kind."""
+ENCODER_WAIT_S = 60.0
+"""How long /query waits for the text encoder that is still loading at start-up."""
+DROP_REASONS = ("tf_timeout", "no_camera_info", "overflow", "bad_input", "time_jump")
+
+
+class MappingNode(Node):
+    """ROS 2 node ``ov3dseg_mapper``; see the module docstring and README for topics, services and parameters.
+
+    Raises ov3dseg_ros.params.ParameterError at construction for invalid parameters.
+    """
+
+    def __init__(self, *, context=None, parameter_overrides=None, cli_args=None):
+        super().__init__(NODE_NAME, context=context, parameter_overrides=parameter_overrides, cli_args=cli_args)
+        try:
+            self.config: MapperConfig = declare_config(self)
+        except ParameterError:
+            super().destroy_node()
+            raise
+        cfg = self.config
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.voxel_map = self._initial_map(cfg)
+        self.timings = StageTimings()
+        self.counters: Counter[str] = Counter()
+        self._counters_lock = threading.Lock()
+        self.tf_buffer = TfBuffer(cache_time_s=cfg.tf_cache_s)
+        self.queue = FrameQueue(cfg.queue_size, int(cfg.tf_timeout_s * 1e9))
+        self._stages: list[tuple[str, FrameStage]] = [("integrate", self._integrate_geometry)]
+        self._map_version = 0
+        self._published_version = -1
+        self._last_stamp_ns = 0
+        self._cameras: dict[str, PinholeCamera | str] = {}  # camera namespace -> intrinsics or why they are unusable
+        self._warners: dict[str, object] = {}
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+
+        sensors = ReentrantCallbackGroup()
+        outputs = MutuallyExclusiveCallbackGroup()
+        map_services = MutuallyExclusiveCallbackGroup()
+        self.tf_listener = TfListener(self, self.tf_buffer, time_jump_s=cfg.time_jump_s,
+                                      on_time_jump=self._on_time_jump, on_update=self.queue.notify,
+                                      callback_group=MutuallyExclusiveCallbackGroup())
+        streams = ("color", "depth", "semantic") if cfg.label_names else ("color", "depth")
+        self._syncs = {ns: StampSynchronizer(streams, int(cfg.sync_tolerance_s * 1e9), depth=2 * cfg.queue_size)
+                       for ns in cfg.cameras}
+        for ns in cfg.cameras:
+            for stream in streams:
+                self.create_subscription(Image, cfg.topic(ns, stream),
+                                         lambda m, ns=ns, s=stream: self._on_image(ns, s, m), SENSOR_QOS,
+                                         callback_group=sensors)
+            self.create_subscription(CameraInfo, cfg.topic(ns, "camera_info"),
+                                     lambda m, ns=ns: self._on_camera_info(ns, m), SENSOR_QOS, callback_group=sensors)
+        for topic in cfg.lidar_topics:
+            self.create_subscription(PointCloud2, topic, lambda m, t=topic: self._on_cloud(t, m), SENSOR_QOS,
+                                     callback_group=sensors)
+
+        self.cloud_pub = self.create_publisher(PointCloud2, "/ov3dseg/semantic_cloud", 1)
+        self.marker_pub = self.create_publisher(MarkerArray, "/ov3dseg/query_markers", 1)
+        self.status_pub = self.create_publisher(MapStatus, "/ov3dseg/status", 10)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(Query, "/query", self._on_query, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=map_services)
+        self.create_service(LoadMap, "~/load_map", self._on_load_map, callback_group=map_services)
+        self.create_service(Trigger, "~/clear", self._on_clear, callback_group=map_services)
+        if cfg.cloud_rate_hz > 0:
+            self.create_timer(1.0 / cfg.cloud_rate_hz, self._publish_cloud, callback_group=outputs,
+                              clock=self._steady)
+        self.create_timer(1.0 / cfg.status_rate_hz, self._publish_periodic, callback_group=outputs,
+                          clock=self._steady)
+
+        self._encoder = concurrent.futures.Future()
+        if cfg.text_encoder:
+            threading.Thread(target=self._load_text_encoder, name="ov3dseg_text_encoder", daemon=True).start()
+        else:
+            self._encoder.set_result(None)
+        self._stop = threading.Event()
+        self.busy = False
+        """True while the worker processes a frame (a replay's settle timeout only runs while it is idle)."""
+        self._worker = threading.Thread(target=self._work, name="ov3dseg_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"mapping {', '.join(cfg.cameras) or 'no cameras'}"
+            f"{' + ' + ', '.join(cfg.lidar_topics) if cfg.lidar_topics else ''} into '{cfg.map_frame}' at "
+            f"{cfg.voxel_size * 100:g} cm voxels" + (f", {len(cfg.label_names)} labels" if cfg.label_names else ""))
+
+    # -- life cycle ----------------------------------------------------------------------------------------
+    def _initial_map(self, cfg: MapperConfig) -> VoxelMap:
+        """An empty map from the parameters, or the ``initial_map`` file (which must match them)."""
+        config = VoxelMapConfig(voxel_size=cfg.voxel_size, num_labels=len(cfg.label_names),
+                                feature_dim=cfg.feature_dim, max_voxels=cfg.max_voxels,
+                                clearing_radius=cfg.clearing_radius, device=cfg.device)
+        if not cfg.initial_map:
+            return VoxelMap(config, label_names=cfg.label_names or None)
+        try:
+            voxel_map = load_map(cfg.initial_map, config=config)
+        except (OSError, ValueError) as exc:
+            super().destroy_node()
+            raise ParameterError(f"{NODE_NAME}: parameter 'initial_map': {exc}") from None
+        voxel_map.label_names = cfg.label_names or None
+        return voxel_map
+
+    def add_frame_stage(self, name: str, stage: FrameStage) -> None:
+        """Run ``stage(frame, voxel_map)`` in the worker on every integrated RGB-D frame (timed as ``name``)."""
+        self._stages.append((name, stage))
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self.queue.notify()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+    def _on_set_parameters(self, params):
+        new, result = on_set_parameters(self.config, params)
+        if new is not None:
+            self.config = new
+            self.queue.timeout_ns = int(new.tf_timeout_s * 1e9)
+        return result
+
+    def text_encoder(self, timeout_s: float = ENCODER_WAIT_S):
+        """The text encoder (a CachedTextEncoder), waiting for its background load; None when none is configured.
+
+        Raises TimeoutError while it is still loading, and the load's exception when it failed.
+        """
+        try:
+            loaded = self._encoder.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"text encoder {self.config.text_encoder!r} is still loading") from None
+        return None if loaded is None else loaded[0]
+
+    def _load_text_encoder(self) -> None:
+        """Background start-up: build the text encoder and embed the label names once (never in a callback).
+
+        Resolves ``self._encoder`` to (encoder, embed(texts) with the label template, label embeddings or None).
+        """
+        try:
+            from ov3dseg_core.models.text import apply_template, build_text_encoder
+            start = time.perf_counter()
+            encoder = build_text_encoder({"type": self.config.text_encoder, "device": self.config.device})
+            template = self.config.label_template
+
+            def embed(texts: list[str]):
+                return encoder.encode(apply_template(texts, template))
+
+            names = self.config.label_names
+            self._encoder.set_result((encoder, embed, embed(names) if names else None))
+            self.get_logger().info(f"text encoder {self.config.text_encoder!r} ready "
+                                   f"({time.perf_counter() - start:.1f} s)")
+        except Exception as exc:  # reported by every /query; the node keeps mapping
+            self.get_logger().error(f"text encoder {self.config.text_encoder!r} failed to load: {exc}")
+            self._encoder.set_exception(exc)
+
+    # -- inputs (callbacks: file and return) ---------------------------------------------------------------
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_image(self, camera: str, stream: str, msg: Image) -> None:
+        try:
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+        except ValueError as exc:
+            self._count_bad_input(f"{self.config.topic(camera, stream)}: {exc}")
+            return
+        matched = self._syncs[camera].add(stream, stamp_ns, msg)
+        if matched is not None:
+            _, messages = matched
+            depth = messages["depth"]
+            self._enqueue(PendingFrame("rgbd", camera, depth.header.frame_id.lstrip("/"),
+                                       stamp_to_ns(depth.header.stamp), self._now_ns(), messages))
+
+    def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        try:
+            self._cameras[camera] = PinholeCamera.from_camera_info(msg)
+        except ValueError as exc:
+            self._cameras[camera] = f"invalid camera_info: {exc}"
+        self.queue.notify()
+
+    def _on_cloud(self, topic: str, msg: PointCloud2) -> None:
+        try:
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+        except ValueError as exc:
+            self._count_bad_input(f"{topic}: {exc}")
+            return
+        self._enqueue(PendingFrame("cloud", topic, msg.header.frame_id.lstrip("/"), stamp_ns, self._now_ns(),
+                                   {"cloud": msg}))
+
+    def _count(self, *keys: str) -> None:
+        with self._counters_lock:  # callbacks run concurrently
+            self.counters.update(keys)
+
+    def _enqueue(self, frame: PendingFrame) -> None:
+        self._count("received")
+        if not frame.frame_id:
+            self._drop(frame, "bad_input", "empty header.frame_id")
+            return
+        for old in self.queue.push(frame):
+            self._drop(old, "overflow", f"queue full ({self.queue.maxsize} frames): the oldest frame gives way")
+
+    def _on_time_jump(self) -> None:
+        for sync in self._syncs.values():
+            sync.clear()
+        for frame in self.queue.clear():
+            self._drop(frame, "time_jump", "time jumped backwards; frames from before the jump are discarded")
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------
+    def _warn(self, kind: str, text: str) -> None:
+        """A warning rate-limited per ``kind`` (one logger per kind, so kinds do not hide each other)."""
+        logger = self._warners.get(kind)
+        if logger is None:
+            logger = self._warners.setdefault(kind, self.get_logger().get_child(kind))
+        logger.warning(text, throttle_duration_sec=WARN_PERIOD_S)
+
+    def _drop(self, frame: PendingFrame, reason: str, detail: str) -> None:
+        self._count("dropped", f"dropped_{reason}")
+        self._warn(reason, f"dropped {frame.kind} frame from {frame.source} at {frame.stamp_ns / 1e9:.3f} s: "
+                           f"{detail} ({self.counters[f'dropped_{reason}']} dropped for this reason)")
+        self._publish_status()
+
+    def _count_bad_input(self, detail: str) -> None:
+        self._count("bad_messages")
+        self._warn("bad_message", f"ignored a malformed message: {detail} ({self.counters['bad_messages']} so far)")
+
+    # -- worker --------------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        version = 0
+        while not self._stop.is_set():
+            version = self.queue.wait(version, timeout_s=0.05)
+            while not self._stop.is_set():
+                frame, expired = self.queue.pop_ready(self._now_ns(), self._is_ready)
+                for old in expired:
+                    self._drop(old, *self._why_not_ready(old))
+                if frame is None:
+                    break
+                self.busy = True
+                try:
+                    self._process(frame)
+                finally:
+                    self.busy = False
+
+    def _is_ready(self, frame: PendingFrame) -> bool:
+        if frame.kind == "rgbd" and not isinstance(self._cameras.get(frame.source), PinholeCamera):
+            return False
+        return self.tf_buffer.can_transform(self.config.map_frame, frame.frame_id, frame.stamp_ns)
+
+    def _why_not_ready(self, frame: PendingFrame) -> tuple[str, str]:
+        camera = self._cameras.get(frame.source)
+        if frame.kind == "rgbd" and not isinstance(camera, PinholeCamera):
+            topic = self.config.topic(frame.source, "camera_info")
+            return "no_camera_info", f"{camera or 'no camera_info received'} on {topic}"
+        try:
+            self.tf_buffer.lookup(self.config.map_frame, frame.frame_id, frame.stamp_ns)
+        except TransformError as exc:
+            return "tf_timeout", f"no transform {self.config.map_frame} <- {frame.frame_id} within " \
+                                 f"{self.queue.timeout_ns / 1e9:g} s: {exc}"
+        return "tf_timeout", "transform arrived as the frame expired"
+
+    def _process(self, frame: PendingFrame) -> None:
+        start = time.perf_counter()
+        try:
+            if frame.kind == "rgbd":
+                self._process_rgbd(frame)
+            else:
+                self._process_cloud(frame)
+        except (MessageFormatError, ValueError, TransformError) as exc:
+            self._drop(frame, "bad_input", str(exc))
+            return
+        except Exception as exc:  # a bug or a model failure must not kill the worker thread
+            self.get_logger().error(f"frame from {frame.source} at {frame.stamp_ns / 1e9:.3f} s failed: {exc!r}",
+                                    throttle_duration_sec=WARN_PERIOD_S)
+            self._drop(frame, "bad_input", f"internal error {exc!r}")
+            return
+        self.timings.add(f"{frame.kind}_total", time.perf_counter() - start)
+        self._count("integrated")
+        self._map_version += 1
+        self._publish_status()
+
+    def _process_rgbd(self, frame: PendingFrame) -> None:
+        cfg = self.config
+        with self.timings.measure("decode"):
+            messages = frame.messages
+            depth = depth_to_metres(image_to_numpy(messages["depth"]), cfg.depth_scale or None)
+            color = color_to_rgb(messages["color"])
+            if color.shape[:2] != depth.shape:
+                raise ValueError(f"colour image {color.shape[1]}x{color.shape[0]} and depth image "
+                                 f"{depth.shape[1]}x{depth.shape[0]} differ (depth must be registered to colour)")
+            labels = self._decode_labels(messages["semantic"], depth.shape) if "semantic" in messages else None
+            camera = self._camera_for(frame.source, depth.shape)
+        with self.timings.measure("tf_lookup"):
+            T_map_camera = self.tf_buffer.lookup(cfg.map_frame, frame.frame_id, frame.stamp_ns)
+        rgbd = RGBDFrame(color=color, depth=depth, camera=camera, pose=T_map_camera, stamp_ns=frame.stamp_ns,
+                         labels=labels)
+        # Stamp first: a cloud built while this frame integrates may lack part of it, never carry an older stamp.
+        self._last_stamp_ns = frame.stamp_ns
+        for name, stage in self._stages:
+            with self.timings.measure(name):
+                stage(rgbd, self.voxel_map)
+
+    def _integrate_geometry(self, frame: RGBDFrame, voxel_map: VoxelMap) -> None:
+        cfg = self.config
+        points, colors, labels = frame_points(frame, cfg.depth_min_range, cfg.depth_max_range, cfg.depth_stride)
+        voxel_map.integrate(points, colors=colors, labels=labels, sensor_origin=frame.pose[:3, 3])
+
+    def _decode_labels(self, msg: Image, shape: tuple[int, int]) -> np.ndarray:
+        if msg.encoding not in ("16UC1", "mono16"):
+            raise ValueError(f"label image encoding {msg.encoding!r} is not 16UC1/mono16 class ids")
+        labels = labels_from_u16(image_to_numpy(msg))
+        if labels.shape != shape:
+            raise ValueError(f"label image {labels.shape[1]}x{labels.shape[0]} and depth image "
+                             f"{shape[1]}x{shape[0]} differ")
+        unknown = labels >= len(self.config.label_names)
+        if unknown.any():
+            self._warn("unknown_label", f"label ids up to {int(labels.max())} but only "
+                                        f"{len(self.config.label_names)} label_names: those pixels are unlabelled")
+            labels[unknown] = -1
+        return labels
+
+    def _camera_for(self, camera: str, shape: tuple[int, int]) -> PinholeCamera:
+        """Intrinsics matching an (H, W) image: camera_info as is, or scaled when the image is a uniform resize."""
+        intrinsics = self._cameras[camera]
+        height, width = shape
+        if (intrinsics.width, intrinsics.height) == (width, height):
+            return intrinsics
+        factor = width / intrinsics.width
+        if abs(intrinsics.height * factor - height) > 0.5:
+            raise ValueError(f"depth image {width}x{height} does not match camera_info "
+                             f"{intrinsics.width}x{intrinsics.height} (nor a uniform resize of it)")
+        return intrinsics.scaled(factor)
+
+    def _process_cloud(self, frame: PendingFrame) -> None:
+        cfg = self.config
+        with self.timings.measure("decode"):
+            points, _ = pointcloud2_to_xyz(frame.messages["cloud"])
+            points, _ = clean_points(points, cfg.lidar_min_range, cfg.lidar_max_range)
+        with self.timings.measure("tf_lookup"):
+            T_map_sensor = self.tf_buffer.lookup(cfg.map_frame, frame.frame_id, frame.stamp_ns)
+        self._last_stamp_ns = frame.stamp_ns
+        with self.timings.measure("integrate_cloud"):
+            self.voxel_map.integrate(transform_points(T_map_sensor, points), sensor_origin=T_map_sensor[:3, 3])
+
+    # -- outputs -------------------------------------------------------------------------------------------
+    def _map_snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Consistent (positions, colours, labels, label confidences) of the current map."""
+        voxel_map = self.voxel_map
+        with voxel_map.lock:
+            return (voxel_map.positions(), voxel_map.colors(), *voxel_map.labels())
+
+    def _publish_cloud(self) -> None:
+        if self.cloud_pub.get_subscription_count() == 0 or self._published_version == self._map_version:
+            return
+        version = self._map_version
+        with self.timings.measure("publish_cloud"):
+            positions, colors, labels, scores = self._map_snapshot()
+            msg = pointcloud2_msg(semantic_cloud_points(positions, colors, labels, scores), self._last_stamp_ns,
+                                  self.config.map_frame)
+            self.cloud_pub.publish(msg)
+        self._published_version = version
+
+    def status(self) -> MapStatus:
+        """The current MapStatus (counters, map size, memory)."""
+        voxel_map = self.voxel_map
+        return MapStatus(
+            header=header(self._last_stamp_ns, self.config.map_frame), num_voxels=len(voxel_map),
+            voxel_size=float(voxel_map.config.voxel_size), frames_received=self.counters["received"],
+            frames_integrated=self.counters["integrated"], frames_dropped=self.counters["dropped"],
+            voxels_evicted=int(voxel_map.voxels_evicted), queue_depth=len(self.queue),
+            memory_mb=voxel_map.memory_bytes() / 2**20, has_features=voxel_map.config.feature_dim > 0,
+            label_names=list(self.config.label_names))
+
+    def _publish_status(self) -> None:
+        self.status_pub.publish(self.status())
+
+    def _publish_periodic(self) -> None:
+        status = self.status()
+        self.status_pub.publish(status)
+        values = {"frames received": status.frames_received, "frames integrated": status.frames_integrated,
+                  "frames dropped": status.frames_dropped, "queue depth": status.queue_depth,
+                  "voxels": status.num_voxels, "voxels evicted": status.voxels_evicted,
+                  "memory MB": f"{status.memory_mb:.1f}", "unmatched images":
+                  sum(s.discarded for s in self._syncs.values()), "bad messages": self.counters["bad_messages"],
+                  "tf transforms": self.tf_listener.received, "tf time jumps": self.tf_listener.time_jumps}
+        values.update({f"dropped {r}": self.counters[f"dropped_{r}"] for r in DROP_REASONS})
+        for stage, s in self.timings.summary().items():
+            values[f"{stage} ms (mean/p95)"] = f"{s['mean_ms']:.2f}/{s['p95_ms']:.2f}"
+        level = DiagnosticStatus.WARN if status.queue_depth >= self.queue.maxsize else DiagnosticStatus.OK
+        diag = DiagnosticStatus(level=level, name=f"{self.get_name()}: mapping", hardware_id=self.get_name(),
+                                message="queue full" if level else "ok",
+                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        self.diagnostics_pub.publish(DiagnosticArray(header=header(self._now_ns(), ""), status=[diag]))
+
+    # -- services ------------------------------------------------------------------------------------------
+    def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
+        with self.timings.measure("query"):
+            response.success, response.message = self._answer_query(request, response)
+        return response
+
+    def _answer_query(self, request: Query.Request, response: Query.Response) -> tuple[bool, str]:
+        try:
+            text = validate_query(request.text, request.top_k, request.threshold)
+        except QueryError as exc:
+            return False, str(exc)
+        voxel_map = self.voxel_map
+        try:
+            encoder = self.text_encoder()
+        except TimeoutError as exc:
+            return False, f"{exc}; try again"
+        except Exception as exc:
+            return False, f"text encoder {self.config.text_encoder!r} failed to load: {exc}"
+        if encoder is None:
+            return False, "no text encoder configured (parameter text_encoder is empty)"
+        _, embed, label_embeddings = self._encoder.result()
+        embedding = embed([text])[0]
+        if voxel_map.config.feature_dim > 0:
+            if voxel_map.config.feature_dim != encoder.dim:
+                return False, (f"map features are {voxel_map.config.feature_dim}-d but text encoder "
+                               f"{encoder.name!r} gives {encoder.dim}-d embeddings")
+            result = query_features(voxel_map, embedding, request.top_k, request.threshold, label=text)
+        elif label_embeddings is not None:
+            result = query_labels(voxel_map, embedding, label_embeddings, self.config.label_names,
+                                  request.top_k, request.threshold)
+        else:
+            return False, "the map has neither features nor label names (parameter label_names) to match text to"
+        response.cloud = pointcloud2_msg(query_cloud_points(result.positions, result.scores), self._last_stamp_ns,
+                                         self.config.map_frame)
+        response.hits = [object_hit_msg(group) for group in result.objects]
+        self.marker_pub.publish(hit_markers(response.hits, self._last_stamp_ns, self.config.map_frame))
+        return True, f"{len(result.scores)} voxels in {len(response.hits)} objects match {text!r}"
+
+    def _map_path(self, path: str) -> str:
+        path = path or self.config.map_file
+        if not path:
+            raise MapFileError("no path given and parameter map_file is empty")
+        return path
+
+    def save_map(self, path: str = "") -> str:
+        """Save the current map atomically to ``path`` (default: parameter map_file); returns a summary line."""
+        path = self._map_path(path)
+        voxel_map = self.voxel_map
+        with self.timings.measure("save_map"):
+            voxel_map.save(path)
+        return f"saved {len(voxel_map)} voxels to {path}"
+
+    def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
+        try:
+            response.success, response.message = True, self.save_map(request.path)
+        except (OSError, ValueError) as exc:
+            response.success, response.message = False, f"save failed: {exc}"
+        return response
+
+    def _on_load_map(self, request: LoadMap.Request, response: LoadMap.Response) -> LoadMap.Response:
+        try:
+            path = self._map_path(request.path)
+            with self.timings.measure("load_map"):
+                loaded = load_map(path, config=self.voxel_map.config)
+            if loaded.label_names is not None and loaded.label_names != self.config.label_names:
+                raise MapFileError(f"{path}: the map's label names {loaded.label_names} differ from parameter "
+                                   f"label_names {self.config.label_names}")
+        except (OSError, ValueError) as exc:
+            response.success, response.message = False, f"load failed: {exc}"
+            return response
+        loaded.label_names = self.config.label_names or None
+        self.voxel_map = loaded  # the worker picks it up with its next frame
+        self._map_version += 1
+        response.success, response.message = True, f"loaded {len(loaded)} voxels from {path}"
+        return response
+
+    def _on_clear(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        voxel_map = self.voxel_map
+        with voxel_map.lock:
+            count = len(voxel_map)
+            voxel_map.clear()
+        self._map_version += 1
+        response.success, response.message = True, f"cleared {count} voxels"
+        return response
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run ov3dseg_ros mapping_node`` (parameters and remappings from --ros-args)."""
+    rclpy.init(args=args)
+    try:
+        node = MappingNode()
+    except ParameterError as exc:
+        print(exc, file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

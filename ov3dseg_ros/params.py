@@ -1,0 +1,241 @@
+"""Parameters of the mapping node: one dataclass is the single source of truth.
+
+``MapperConfig`` holds every parameter with its default, description, range and read-only flag. The node
+declares ROS parameters from it (``declare_config``), ``config/default.yaml`` is generated from it
+(``render_default_yaml``; a test keeps the two identical), and ``graph.py`` coerces YAML values with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidTopicNameException, ParameterException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.validate_full_topic_name import validate_full_topic_name
+
+NODE_NAME = "ov3dseg_mapper"
+
+
+class ParameterError(ValueError):
+    """A parameter value the mapping node cannot run with; the message names the parameter and the rule."""
+
+
+def _p(default: Any, description: str, *, lo: float | None = None, hi: float | None = None,
+       read_only: bool = True, constraints: str = "") -> Any:
+    meta = {"description": description, "range": (lo, hi) if lo is not None else None,
+            "read_only": read_only, "constraints": constraints}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class MapperConfig:
+    """Parameters of the ``ov3dseg_mapper`` node (units: metres, seconds, hertz)."""
+
+    map_frame: str = _p("map", "fixed frame of the voxel map and of every output (REP-105)")
+    cameras: list[str] = _p(
+        ["/camera"], "RGB-D camera namespaces; each gives {ns}/color/image_raw, {ns}/depth/image_raw (registered "
+        "to colour), {ns}/color/camera_info and, with label_names, {ns}/semantic/image_raw",
+        constraints="absolute topic namespaces, at least one unless lidar_topics is set")
+    lidar_topics: list[str] = _p(["/lidar/points"], "PointCloud2 topics integrated as geometry; empty: no LiDAR",
+                                 constraints="absolute topic names")
+    label_names: list[str] = _p(
+        [], "class names of the 16UC1 label images (id i = label_names[i], 65535 = unlabelled); non-empty "
+        "subscribes {ns}/semantic/image_raw and every RGB-D frame then needs its label image",
+        constraints="unique, non-empty names")
+    voxel_size: float = _p(0.05, "voxel edge length, metres", lo=0.005, hi=1.0)
+    max_voxels: int = _p(5_000_000, "voxel budget; beyond it the voxels farthest from the sensor are evicted",
+                         lo=1_000, hi=2_000_000_000)
+    feature_dim: int = _p(0, "length of the per-voxel features written by model stages (0 = none); with features, "
+                          "/query matches text against them", lo=0, hi=4096)
+    clearing_radius: float = _p(0.0, "evict voxels farther than this from the sensor, metres; 0 = keep all",
+                                lo=0.0, hi=1000.0)
+    device: str = _p("cpu", "torch device of the map and model stages", constraints="cpu, cuda or cuda:N")
+    depth_scale: float = _p(0.0, "depth units per metre of integer depth images (TUM: 5000); 0 = 16UC1 in mm",
+                            lo=0.0, hi=100_000.0)
+    depth_min_range: float = _p(0.1, "closest depth used, metres", lo=0.0, hi=100.0, read_only=False,
+                                constraints="< depth_max_range")
+    depth_max_range: float = _p(10.0, "farthest depth used, metres", lo=0.0, hi=100.0, read_only=False)
+    depth_stride: int = _p(1, "use every n-th depth pixel in both directions", lo=1, hi=16, read_only=False)
+    lidar_min_range: float = _p(0.3, "closest LiDAR return used, metres", lo=0.0, hi=1000.0, read_only=False,
+                                constraints="< lidar_max_range")
+    lidar_max_range: float = _p(50.0, "farthest LiDAR return used, metres", lo=0.0, hi=1000.0, read_only=False)
+    sync_tolerance_s: float = _p(0.02, "colour, depth and label images within this of each other form one frame, s",
+                                 lo=0.0, hi=1.0)
+    tf_timeout_s: float = _p(1.0, "how long a frame waits for map <- sensor at its stamp before it is dropped, "
+                             "seconds of ROS time since its arrival", lo=0.0, hi=60.0, read_only=False)
+    tf_cache_s: float = _p(10.0, "history kept by the TF buffer, seconds", lo=1.0, hi=3600.0)
+    time_jump_s: float = _p(1.0, "a /tf stamp this much older than the newest clears the TF buffer and the "
+                            "waiting frames (bag loop), seconds; 0 = never", lo=0.0, hi=3600.0)
+    queue_size: int = _p(10, "frames waiting for TF or for the worker; the oldest is dropped beyond it",
+                         lo=1, hi=1000)
+    cloud_rate_hz: float = _p(1.0, "semantic cloud publishing rate (only while subscribed); 0 = off",
+                              lo=0.0, hi=100.0)
+    status_rate_hz: float = _p(1.0, "status and diagnostics rate (status is also sent after every frame)",
+                               lo=0.1, hi=100.0)
+    map_file: str = _p("ov3dseg_map.safetensors", "map file used by ~/save_map and ~/load_map when no path is "
+                       "given", read_only=False)
+    initial_map: str = _p("", "map file loaded at start-up (empty: start with an empty map)")
+    text_encoder: str = _p("minilm", "text encoder for queries against label names (loaded in the background at "
+                           "start-up); empty: queries need a map with features")
+    label_template: str = _p("{}", "prompt template for label names and query text, e.g. 'a {} in a scene'",
+                             constraints="contains {} once")
+
+    def validate(self) -> "MapperConfig":
+        """Check the rules that ranges cannot express; raises ParameterError naming the parameter."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ParameterError(f"{f.name}: {value} is not a finite number")
+        if not self.map_frame or self.map_frame.startswith("/"):
+            raise ParameterError(f"map_frame: {self.map_frame!r} must be a non-empty frame id without a leading '/'")
+        if not self.cameras and not self.lidar_topics:
+            raise ParameterError("cameras and lidar_topics are both empty: the node would have no input")
+        for name in ("cameras", "lidar_topics"):
+            for topic in getattr(self, name):
+                try:
+                    validate_full_topic_name(topic)
+                except InvalidTopicNameException as exc:
+                    raise ParameterError(f"{name}: {topic!r} is not an absolute topic name ({exc})") from None
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ParameterError(f"cameras: duplicate namespaces in {self.cameras}")
+        if any(not n.strip() for n in self.label_names) or len(set(self.label_names)) != len(self.label_names):
+            raise ParameterError(f"label_names: names must be unique and non-empty, got {self.label_names}")
+        if len(self.label_names) >= 65535:
+            raise ParameterError(f"label_names: {len(self.label_names)} names do not fit 16-bit label images")
+        for lo, hi in (("depth_min_range", "depth_max_range"), ("lidar_min_range", "lidar_max_range")):
+            if not getattr(self, lo) < getattr(self, hi):
+                raise ParameterError(f"{lo} ({getattr(self, lo)}) must be smaller than {hi} ({getattr(self, hi)})")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ParameterError(f"device: {self.device!r} is not cpu, cuda or cuda:N")
+        if self.label_template.count("{}") != 1:
+            raise ParameterError(f"label_template: {self.label_template!r} must contain '{{}}' exactly once")
+        return self
+
+    def topic(self, camera: str, stream: str) -> str:
+        """Input topic of one camera: stream is 'color', 'depth', 'camera_info' or 'semantic'."""
+        suffix = {"color": "color/image_raw", "depth": "depth/image_raw", "camera_info": "color/camera_info",
+                  "semantic": "semantic/image_raw"}[stream]
+        return f"{camera.rstrip('/')}/{suffix}"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(MapperConfig)}
+_TYPES = {str: Parameter.Type.STRING, float: Parameter.Type.DOUBLE, int: Parameter.Type.INTEGER,
+          bool: Parameter.Type.BOOL, list: Parameter.Type.STRING_ARRAY}
+
+
+_DEFAULTS = MapperConfig()
+
+
+def _kind(name: str) -> type:
+    return type(getattr(_DEFAULTS, name))
+
+
+def descriptor(name: str) -> ParameterDescriptor:
+    """ParameterDescriptor of one MapperConfig field: description, type, range, read-only flag."""
+    meta = FIELDS[name].metadata
+    kind = _kind(name)
+    desc = ParameterDescriptor(name=name, description=meta["description"],
+                               additional_constraints=meta["constraints"], read_only=meta["read_only"])
+    if kind is list:
+        # rclpy types an empty list as a byte array, so lists are dynamically typed and checked in declare_config.
+        desc.dynamic_typing = True
+    else:
+        desc.type = _TYPES[kind].value
+    if meta["range"] is not None:
+        lo, hi = meta["range"]
+        if kind is float:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        else:
+            desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+    return desc
+
+
+def coerce_value(name: str, value: Any) -> Any:
+    """A YAML value for MapperConfig field ``name``: ints become floats for float fields, tuples lists."""
+    kind = _kind(name)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def to_parameter(name: str, value: Any) -> Parameter:
+    """An rclpy Parameter override of a node parameter from a YAML value (ints accepted for float parameters)."""
+    return Parameter(name, value=coerce_value(name, value) if name in FIELDS else value)
+
+
+def declare_config(node: Node) -> MapperConfig:
+    """Declare every MapperConfig field on ``node`` and return the validated values.
+
+    Raises ParameterError with the parameter name for wrong types, out-of-range or inconsistent values.
+    """
+    values = {}
+    for name in FIELDS:
+        default = getattr(_DEFAULTS, name)
+        try:
+            value = node.declare_parameter(name, default, descriptor(name)).value
+        except ParameterException as exc:
+            raise ParameterError(f"{node.get_name()}: parameter {name!r}: {exc}") from None
+        if isinstance(default, list):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ParameterError(f"{node.get_name()}: parameter {name!r} must be a list of strings, got "
+                                     f"{value!r}")
+            value = list(value)
+        values[name] = value
+    try:
+        return MapperConfig(**values).validate()
+    except ParameterError as exc:
+        raise ParameterError(f"{node.get_name()}: invalid parameter {exc}") from None
+
+
+def on_set_parameters(current: MapperConfig, params: list[Parameter],
+                      ) -> tuple[MapperConfig | None, SetParametersResult]:
+    """Validate a live parameter change; returns (the new config or None, the result for rclpy)."""
+    changes = {p.name: p.value for p in params if p.name in FIELDS}
+    try:
+        new = dataclasses.replace(current, **changes).validate()
+    except (ParameterError, TypeError) as exc:
+        return None, SetParametersResult(successful=False, reason=str(exc))
+    return new, SetParametersResult(successful=True)
+
+
+def render_default_yaml() -> str:
+    """config/default.yaml: every parameter with its default and a comment (description, range)."""
+    lines = ["# Parameters of the ov3dseg mapping node, generated from ov3dseg_ros.params.MapperConfig",
+             "# (python -c 'from ov3dseg_ros.params import render_default_yaml as r; print(r(), end=\"\")').",
+             "# Units: metres, seconds, hertz. Read-only parameters are fixed at start-up.",
+             f"{NODE_NAME}:", "  ros__parameters:"]
+    for name, f in FIELDS.items():
+        meta = f.metadata
+        notes = []
+        if meta["range"] is not None:
+            notes.append(f"range [{meta['range'][0]}, {meta['range'][1]}]")
+        if meta["constraints"]:
+            notes.append(meta["constraints"])
+        if not meta["read_only"]:
+            notes.append("changeable at run time")
+        comment = meta["description"] + (f" ({'; '.join(notes)})" if notes else "")
+        lines.append(f"    # {comment}")
+        default = getattr(_DEFAULTS, name)
+        # rcl's YAML parser cannot type an empty list: leave such parameters unset (= their empty default).
+        lines.append(f"    # {name}: []" if default == [] else f"    {name}: {_yaml_scalar(default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
