@@ -83,19 +83,23 @@ def evaluate_labels(gt_labels: np.ndarray, pred_labels: np.ndarray, label_names:
 
 
 def evaluate_map(voxel_map: Any, scene_points: np.ndarray, scene_labels: np.ndarray, label_names: Sequence[str],
-                 split: Split | None = None, map_label_names: Sequence[str] | None = None) -> EvalReport:
+                 split: Split | None = None, map_label_names: Sequence[str] | None = None,
+                 voxel_labels: np.ndarray | None = None) -> EvalReport:
     """Evaluate a VoxelMap against labelled points.
 
     voxel_map: a ``mapping.voxel_map.VoxelMap`` (uses ``keys()``, ``labels()`` and ``config.voxel_size``);
     scene_points (N, 3) metres, map frame; scene_labels (N,) int ids into ``label_names`` (-1 = unlabelled);
-    map_label_names: names of the map's label ids when they differ from ``label_names``.
+    map_label_names: names of the map's label ids when they differ from ``label_names``;
+    voxel_labels: (M,) predicted ids in ``keys()`` order (e.g. from a model's per-voxel features) instead of the
+    map's own label distribution.
     """
     scene_points = np.asarray(scene_points)
     scene_labels = np.asarray(scene_labels)
     if scene_points.ndim != 2 or scene_points.shape[1] != 3 or len(scene_points) != len(scene_labels):
         raise ValueError(f"scene points {scene_points.shape} and labels {scene_labels.shape} must be (N, 3) and (N,)")
     voxel_size = float(voxel_map.config.voxel_size)
-    voxel_labels, _ = voxel_map.labels()
+    if voxel_labels is None:
+        voxel_labels, _ = voxel_map.labels()
     voxel_labels = np.asarray(voxel_labels, dtype=np.int64)
     if map_label_names is not None:
         ids = check_label_ids(voxel_labels, len(map_label_names), "map labels", "check map_label_names")
@@ -111,3 +115,22 @@ def evaluate_map(voxel_map: Any, scene_points: np.ndarray, scene_labels: np.ndar
     report.voxel_size = voxel_size
     report.voxel_purity = voxel_purity(scene_points[evaluated], scene_labels[evaluated], voxel_size)
     return report
+
+
+def combine_reports(reports: Sequence[EvalReport]) -> EvalReport:
+    """One report over several scenes: confusion counts summed (so large scenes weigh more, as in the published
+    protocols that accumulate one confusion matrix over the whole validation set), coverage point-weighted."""
+    if not reports:
+        raise ValueError("no reports to combine")
+    first = reports[0]
+    if any(r.class_names != first.class_names for r in reports):
+        raise ValueError("reports evaluate different class lists")
+    counts = np.sum([r.confusion for r in reports], axis=0)
+    base, novel = (first.split.base, first.split.novel) if first.split is not None else (None, None)
+    metrics = compute_metrics(counts, first.class_names, base, novel)
+    weights = np.array([r.num_points for r in reports], dtype=np.float64)
+    coverage = [r.coverage for r in reports]
+    combined_coverage = (float(np.dot(weights, coverage) / weights.sum())
+                         if None not in coverage and weights.sum() > 0 else None)
+    return EvalReport(class_names=list(first.class_names), confusion=counts, metrics=metrics, split=first.split,
+                      coverage=combined_coverage, voxel_size=first.voxel_size)

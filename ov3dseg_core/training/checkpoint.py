@@ -106,3 +106,10 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
 def load_train_state(path: str | Path) -> dict[str, Any] | None:
     p = train_state_path(path)
     return torch.load(p, map_location="cpu", weights_only=False) if p.exists() else None
+
+
+def export_half(src: str | Path, dst: str | Path) -> Path:
+    """Copy checkpoint ``src`` to ``dst`` with floating-point tensors in float16 (for shipping; loaders cast back)."""
+    ckpt = load_checkpoint(src)
+    ckpt.state_dict = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    return save_checkpoint(dst, ckpt)

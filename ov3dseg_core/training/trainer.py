@@ -166,6 +166,8 @@ class Trainer:
         while True:
             if isinstance(self.loader.sampler, DistributedSampler):
                 self.loader.sampler.set_epoch(epoch)
+            if hasattr(self.loader.dataset, "set_epoch"):  # fresh augmentation per epoch (num_workers = 0)
+                self.loader.dataset.set_epoch(epoch)
             yield from self.loader
             epoch += 1
 

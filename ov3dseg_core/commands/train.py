@@ -1,0 +1,65 @@
+"""``ov3dseg train CONFIG``: train an open-vocabulary 3D model, then evaluate it on the held-out scenes."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ov3dseg_core.config import load_config, to_dict
+from ov3dseg_core.training.config import TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="training config: a shipped name (e.g. ov3d_default) or a YAML path")
+    parser.add_argument("--out", help="output folder (default: the config's out_dir)")
+    parser.add_argument("--max-steps", type=int, help="override trainer.max_steps")
+    parser.add_argument("--sim-scenes", type=int, help="override data.sim_scenes")
+    parser.add_argument("--heldout-scenes", type=int, help="override data.heldout_scenes")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.safetensors exists")
+    parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    parser.add_argument("--export", type=Path, help="also write a float16 copy of the final checkpoint here")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ov3dseg_core.eval.report import markdown_table, write_report
+    from ov3dseg_core.eval.splits import load_split
+    from ov3dseg_core.models.map_segmenter import MapSegmenter
+    from ov3dseg_core.models.open_vocab3d import OpenVocab3D
+    from ov3dseg_core.models.text import apply_template, build_text_encoder
+    from ov3dseg_core.training.checkpoint import export_half
+    from ov3dseg_core.training.evaluation import evaluate_scenes
+    from ov3dseg_core.training.scenes import heldout_scenes, training_scenes
+    from ov3dseg_core.training.trainer import Trainer
+    from ov3dseg_core.training.views import ViewWindowDataset, collate_views
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(TrainConfig, args.config)
+    data = dataclasses.replace(cfg.data, **{k: v for k, v in (("sim_scenes", args.sim_scenes),
+                                                              ("heldout_scenes", args.heldout_scenes)) if v is not None})
+    trainer_cfg = cfg.trainer if args.max_steps is None else dataclasses.replace(cfg.trainer, max_steps=args.max_steps)
+    cfg = dataclasses.replace(cfg, data=data, trainer=trainer_cfg, out_dir=str(args.out or cfg.out_dir))
+    out = Path(cfg.out_dir)
+
+    split = load_split(cfg.split)
+    encoder = build_text_encoder(cfg.model.text_encoder)
+    base_text = encoder.encode(apply_template(split.base, cfg.model.prompt_template))
+    dataset = ViewWindowDataset(training_scenes(cfg.data), split.base, encoder.encode, cfg.views,
+                                seed=cfg.trainer.seed)
+    print(f"training on {len(dataset)} view windows; base classes {split.base}; held out {split.novel}")
+    model = OpenVocab3D(cfg.model, base_text)
+    trainer = Trainer(model, dataset, collate_views, cfg.trainer, out, checkpoint_config=to_dict(cfg),
+                      vocabulary=split.base)
+    result = trainer.fit(resume=not args.no_resume)
+    print(f"checkpoint: {result.checkpoint} (step {result.step})")
+    if args.export:
+        print(f"exported float16 checkpoint: {export_half(result.checkpoint, args.export)}")
+    if not args.no_eval and trainer.rank == 0 and (cfg.data.heldout_scenes or cfg.data.heldout_dirs):
+        segmenter = MapSegmenter.from_checkpoint(result.checkpoint)
+        report = evaluate_scenes(segmenter, heldout_scenes(cfg.data), split, cfg.views.voxel_size)
+        write_report(report, out / "eval")
+        print(markdown_table(report))
+    return 0

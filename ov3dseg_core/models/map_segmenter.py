@@ -1,0 +1,107 @@
+"""Running a trained open-vocabulary model over a voxel map: the semantic stage of the live mapper and of the
+offline evaluation (both go map -> model -> per-voxel features, so the numbers measure what the robot runs).
+
+``MapSegmenter.update(voxel_map, center, radius)`` takes the voxels within ``radius`` of ``center`` (the local
+window), builds the backbone input from their indices, mean colours and heights, and fuses the output features
+into the map's float16 feature layer (weighted running average, so features settle over repeated passes).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ov3dseg_core.config import from_dict
+from ov3dseg_core.models.open_vocab3d import OpenVocab3D, OpenVocab3DConfig
+from ov3dseg_core.models.text import TextEncoder, apply_template, build_text_encoder
+from ov3dseg_core.training.checkpoint import load_checkpoint
+from ov3dseg_core.training.views import point_features
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "ov3d_default.safetensors"
+"""The embedded default model shipped with the package (see its model card beside it)."""
+
+
+@dataclass
+class WindowResult:
+    num_voxels: int        # voxels the model ran on
+    seconds: float         # model time
+
+
+class MapSegmenter:
+    """A trained OpenVocab3D model, its text encoder and vocabulary, applied to voxel maps."""
+
+    def __init__(self, model: OpenVocab3D, vocabulary: Sequence[str], text_encoder: TextEncoder,
+                 device: str | torch.device = "cpu", max_window_voxels: int = 400_000):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.vocabulary = list(vocabulary)
+        self.text_encoder = text_encoder
+        self.template = model.cfg.prompt_template
+        self.max_window_voxels = max_window_voxels
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu", **kwargs) -> "MapSegmenter":
+        """Load a checkpoint written by ``ov3dseg train`` (config, vocabulary and base embeddings inside)."""
+        ckpt = load_checkpoint(path)
+        config = from_dict(OpenVocab3DConfig, ckpt.config["model"])
+        model = OpenVocab3D(config, base_text=ckpt.state_dict["base_text"])
+        model.load_state_dict({k: v.float() for k, v in ckpt.state_dict.items()})
+        encoder = build_text_encoder({"type": config.text_encoder})
+        if encoder.dim != config.text_dim:
+            raise ValueError(f"text encoder {encoder.name} gives {encoder.dim}-d embeddings, model expects "
+                             f"{config.text_dim}")
+        return cls(model, ckpt.vocabulary, encoder, device=device, **kwargs)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.cfg.text_dim
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """(L, D) unit text embeddings of category names or free queries, with the model's prompt template."""
+        return self.text_encoder.encode(apply_template(list(texts), self.template)).to(self.device)
+
+    @torch.no_grad()
+    def features(self, keys: np.ndarray, positions: np.ndarray, colors: np.ndarray) -> torch.Tensor:
+        """Per-voxel features (V, D) for voxels given by indices (V, 3) int, mean positions (V, 3) metres (map
+        frame, z up) and colours (V, 3) uint8."""
+        grid = torch.from_numpy(np.asarray(keys, dtype=np.int64) - np.asarray(keys).min(axis=0)).int()
+        data = {"grid_coord": grid.to(self.device),
+                "feat": torch.from_numpy(point_features(colors, positions)).to(self.device),
+                "offset": torch.tensor([len(grid)], device=self.device)}
+        return self.model(data)
+
+    def update(self, voxel_map, center: np.ndarray | None = None, radius: float = 0.0) -> WindowResult:
+        """Run the model on the voxels within ``radius`` metres of ``center`` (all when radius <= 0; the nearest
+        ``max_window_voxels`` at most) and fuse the features into ``voxel_map``'s feature layer."""
+        with voxel_map.lock:
+            keys, positions, colors = voxel_map.keys(), voxel_map.positions(), voxel_map.colors()
+        if len(keys) == 0:
+            return WindowResult(0, 0.0)
+        select = np.arange(len(keys))
+        if center is not None and radius > 0:
+            dist = np.linalg.norm(positions - np.asarray(center, dtype=np.float32)[None], axis=1)
+            select = np.flatnonzero(dist <= radius)
+            if len(select) > self.max_window_voxels:
+                select = select[np.argsort(dist[select])[: self.max_window_voxels]]
+        elif len(select) > self.max_window_voxels:
+            select = select[: self.max_window_voxels]
+        if len(select) == 0:
+            return WindowResult(0, 0.0)
+        t0 = time.perf_counter()
+        feats = self.features(keys[select], positions[select], colors[select])
+        seconds = time.perf_counter() - t0
+        voxel_map.integrate_features(positions[select], feats.float().cpu().numpy())
+        return WindowResult(len(select), seconds)
+
+    def classify(self, features: np.ndarray | torch.Tensor, vocabulary: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (V,) int64 (index into ``vocabulary``) and cosine scores (V,) of per-voxel features (V, D)."""
+        text = self.embed(vocabulary)
+        feats = torch.as_tensor(np.asarray(features, dtype=np.float32) if not torch.is_tensor(features)
+                                else features.float()).to(self.device)
+        scores = torch.nn.functional.normalize(feats, dim=-1) @ text.t()
+        best, labels = scores.max(dim=-1)
+        return labels.cpu().numpy(), best.cpu().numpy()

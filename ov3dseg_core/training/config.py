@@ -1,0 +1,36 @@
+"""The training configuration (one YAML file): split, data, model, view samples and trainer settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ov3dseg_core.models.open_vocab3d import OpenVocab3DConfig
+from ov3dseg_core.training.trainer import TrainerConfig
+from ov3dseg_core.training.views import ViewSampleConfig
+
+
+@dataclass
+class TrainDataConfig:
+    """Training and held-out scenes: dataset paths (any format ``open_scene`` reads) and/or simulated scenes.
+
+    Simulated scenes ``sim_seed_start .. sim_seed_start + sim_scenes - 1`` (and the held-out ones) are generated
+    with ``ov3dseg sim``'s generator on first use and cached as dataset folders under ``cache_dir``.
+    """
+
+    scene_dirs: list[str] = field(default_factory=list)
+    heldout_dirs: list[str] = field(default_factory=list)
+    sim_seed_start: int = 0
+    sim_scenes: int = 0
+    heldout_seed_start: int = 100_000
+    heldout_scenes: int = 0
+    sim_frames: int = 16
+    cache_dir: str = "out/sim_cache"
+
+
+@dataclass
+class TrainConfig:
+    split: str = "sim_b15n4"
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    model: OpenVocab3DConfig = field(default_factory=OpenVocab3DConfig)
+    views: ViewSampleConfig = field(default_factory=ViewSampleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    out_dir: str = "out/train"

@@ -1,0 +1,82 @@
+"""The embedded-default model: it learns the base classes of a scene, and a checkpoint drives a MapSegmenter."""
+import numpy as np
+import pytest
+import torch
+
+from ov3dseg_core.config import to_dict
+from ov3dseg_core.eval.splits import load_split
+from ov3dseg_core.mapping.voxel_map import VoxelMap, VoxelMapConfig
+from ov3dseg_core.models.map_segmenter import MapSegmenter
+from ov3dseg_core.models.open_vocab3d import OpenVocab3D, OpenVocab3DConfig
+from ov3dseg_core.models.text import apply_template
+from ov3dseg_core.training.checkpoint import Checkpoint, export_half, save_checkpoint
+from ov3dseg_core.training.config import TrainConfig
+from ov3dseg_core.training.views import ViewSampleConfig, ViewWindowDataset, collate_views
+
+SPLIT = load_split("sim_b15n4")
+SMALL = {"type": "SpUNet14A", "base_channels": 8, "channels": [8, 16, 16, 16, 16, 16, 16, 16]}
+
+
+@pytest.fixture(scope="module")
+def batch(small_scene, minilm):
+    ds = ViewWindowDataset([small_scene], SPLIT.base, minilm.encode,
+                           ViewSampleConfig(window=2, pixel_stride=2, augment=False))
+    return collate_views([ds[0]])
+
+
+def _model(minilm, **kw):
+    torch.manual_seed(0)
+    cfg = OpenVocab3DConfig(backbone=SMALL, mask_warmup_steps=0, **kw)
+    return OpenVocab3D(cfg, minilm.encode(apply_template(SPLIT.base)))
+
+
+def test_overfits_one_sample(batch, minilm):
+    model = _model(minilm)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    first = None
+    for step in range(150):
+        losses = model.training_losses(batch, step)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        first = first if first is not None else {k: float(v) for k, v in losses.items()}
+    last = {k: float(v) for k, v in model.training_losses(batch, 150).items()}
+    assert last["loss"] < 0.3 * first["loss"]
+    assert last["mask"] < first["mask"] and last["view"] < first["view"]
+    model.eval()
+    labels, _, _ = model.predict(batch, model.base_text)
+    valid = batch["label"] >= 0
+    assert (labels[valid] == batch["label"][valid]).float().mean() > 0.9
+
+
+def test_mask_loss_waits_for_warm_up(batch, minilm):
+    model = _model(minilm)
+    model.cfg.mask_warmup_steps = 10
+    assert float(model.training_losses(batch, 9)["mask"]) == 0.0
+    assert float(model.training_losses(batch, 10)["mask"]) > 0.0
+
+
+def test_checkpoint_round_trip_through_map_segmenter(tmp_path, batch, minilm):
+    model = _model(minilm).eval()
+    cfg = TrainConfig(model=model.cfg)
+    path = save_checkpoint(tmp_path / "m.safetensors", Checkpoint(model.state_dict(), to_dict(cfg), SPLIT.base))
+    half = export_half(path, tmp_path / "m16.safetensors")
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    seg = MapSegmenter.from_checkpoint(half)
+    assert seg.vocabulary == list(SPLIT.base) and seg.feature_dim == 384
+
+    # two clusters of voxels 4 m apart; a window around the first updates only its voxels
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.uniform(0, 0.5, (400, 3)), rng.uniform(4, 4.5, (400, 3))]).astype(np.float32)
+    voxel_map = VoxelMap(VoxelMapConfig(voxel_size=0.05, feature_dim=384))
+    voxel_map.integrate(pts, colors=np.full((800, 3), 128, np.uint8))
+    result = seg.update(voxel_map, center=np.array([0.25, 0.25, 0.25]), radius=1.0)
+    weights = voxel_map.feature_weights()
+    near = np.linalg.norm(voxel_map.positions() - 0.25, axis=1) < 1.0
+    assert result.num_voxels == near.sum() and (weights[near] > 0).all() and (weights[~near] == 0).all()
+
+    feats = voxel_map.features()[near].astype(np.float32)
+    labels, scores = seg.classify(feats, ["chair", "sofa"])
+    text = seg.embed(["chair", "sofa"]).numpy()
+    expected = (feats / np.linalg.norm(feats, axis=1, keepdims=True)) @ text.T
+    assert np.array_equal(labels, expected.argmax(1)) and np.allclose(scores, expected.max(1), atol=1e-3)
