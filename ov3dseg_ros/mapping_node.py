@@ -43,6 +43,7 @@ from ov3dseg_ros.frame_queue import FrameQueue, PendingFrame
 from ov3dseg_ros.msg import MapStatus
 from ov3dseg_ros.params import NODE_NAME, MapperConfig, ParameterError, declare_config, on_set_parameters
 from ov3dseg_ros.srv import LoadMap, Query, SaveMap
+from ov3dseg_ros.semantic_stage import SemanticStage, load_segmenter
 from ov3dseg_ros.stamp_sync import StampSynchronizer
 from ov3dseg_ros.tf_listener import TfListener
 from ov3dseg_ros.timing import StageTimings
@@ -75,6 +76,18 @@ class MappingNode(Node):
             raise
         cfg = self.config
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.semantic: SemanticStage | None = None
+        if cfg.model:
+            try:
+                segmenter = load_segmenter(cfg.model, cfg.device)
+            except (OSError, ValueError) as exc:
+                super().destroy_node()
+                raise ParameterError(f"{NODE_NAME}: parameter 'model': {exc}") from None
+            if cfg.feature_dim not in (0, segmenter.feature_dim):
+                super().destroy_node()
+                raise ParameterError(f"{NODE_NAME}: feature_dim {cfg.feature_dim} does not match model "
+                                     f"{cfg.model!r} ({segmenter.feature_dim}-d features); leave it 0")
+            self.semantic = SemanticStage(segmenter, cfg.model_rate_hz, cfg.model_window_radius)
         self.voxel_map = self._initial_map(cfg)
         self.timings = StageTimings()
         self.counters: Counter[str] = Counter()
@@ -82,6 +95,8 @@ class MappingNode(Node):
         self.tf_buffer = TfBuffer(cache_time_s=cfg.tf_cache_s)
         self.queue = FrameQueue(cfg.queue_size, int(cfg.tf_timeout_s * 1e9))
         self._stages: list[tuple[str, FrameStage]] = [("integrate", self._integrate_geometry)]
+        if self.semantic is not None:
+            self._stages.append(("model", self.semantic))
         self._map_version = 0
         self._published_version = -1
         self._last_stamp_ns = 0
@@ -124,7 +139,7 @@ class MappingNode(Node):
                           clock=self._steady)
 
         self._encoder = concurrent.futures.Future()
-        if cfg.text_encoder:
+        if cfg.text_encoder or self.semantic is not None:
             threading.Thread(target=self._load_text_encoder, name="ov3dseg_text_encoder", daemon=True).start()
         else:
             self._encoder.set_result(None)
@@ -141,8 +156,9 @@ class MappingNode(Node):
     # -- life cycle ----------------------------------------------------------------------------------------
     def _initial_map(self, cfg: MapperConfig) -> VoxelMap:
         """An empty map from the parameters, or the ``initial_map`` file (which must match them)."""
+        feature_dim = self.semantic.segmenter.feature_dim if self.semantic is not None else cfg.feature_dim
         config = VoxelMapConfig(voxel_size=cfg.voxel_size, num_labels=len(cfg.label_names),
-                                feature_dim=cfg.feature_dim, max_voxels=cfg.max_voxels,
+                                feature_dim=feature_dim, max_voxels=cfg.max_voxels,
                                 clearing_radius=cfg.clearing_radius, device=cfg.device)
         if not cfg.initial_map:
             return VoxelMap(config, label_names=cfg.label_names or None)
@@ -191,11 +207,14 @@ class MappingNode(Node):
         try:
             from ov3dseg_core.models.text import apply_template, build_text_encoder
             start = time.perf_counter()
-            encoder = build_text_encoder({"type": self.config.text_encoder, "device": self.config.device})
-            template = self.config.label_template
+            if self.semantic is not None:  # queries live in the model's text space, with its prompt template
+                encoder, embed = self.semantic.segmenter.text_encoder, self.semantic.segmenter.embed
+            else:
+                encoder = build_text_encoder({"type": self.config.text_encoder, "device": self.config.device})
+                template = self.config.label_template
 
-            def embed(texts: list[str]):
-                return encoder.encode(apply_template(texts, template))
+                def embed(texts: list[str]):
+                    return encoder.encode(apply_template(texts, template))
 
             names = self.config.label_names
             self._encoder.set_result((encoder, embed, embed(names) if names else None))
@@ -396,7 +415,13 @@ class MappingNode(Node):
         """Consistent (positions, colours, labels, label confidences) of the current map."""
         voxel_map = self.voxel_map
         with voxel_map.lock:
-            return (voxel_map.positions(), voxel_map.colors(), *voxel_map.labels())
+            positions, colors = voxel_map.positions(), voxel_map.colors()
+            if self.semantic is None:
+                return (positions, colors, *voxel_map.labels())
+            features, has_features = voxel_map.features(), voxel_map.feature_weights() > 0
+        segmenter = self.semantic.segmenter
+        labels, scores = segmenter.classify(features, self.config.vocabulary or segmenter.vocabulary)
+        return positions, colors, np.where(has_features, labels, -1), np.where(has_features, scores, 0.0)
 
     def _publish_cloud(self) -> None:
         if self.cloud_pub.get_subscription_count() == 0 or self._published_version == self._map_version:

@@ -85,6 +85,15 @@ class MapperConfig:
                            "start-up); empty: queries need a map with features")
     label_template: str = _p("{}", "prompt template for label names and query text, e.g. 'a {} in a scene'",
                              constraints="contains {} once")
+    model: str = _p("", "open-vocabulary model run over the local map window, writing per-voxel features: "
+                    "'default' (the embedded default), a checkpoint path (.safetensors), or empty (none); its text "
+                    "encoder and prompt template then answer /query and its feature size sets feature_dim")
+    model_rate_hz: float = _p(1.0, "model passes over the local window per second of source time; 0 = after every "
+                              "frame", lo=0.0, hi=100.0)
+    model_window_radius: float = _p(4.0, "radius of the local window around the camera that a model pass covers, "
+                                    "metres", lo=0.1, hi=1000.0)
+    vocabulary: list[str] = _p([], "class names that label the semantic cloud from per-voxel features (empty: the "
+                               "model's training vocabulary)", constraints="unique, non-empty names")
 
     def validate(self) -> "MapperConfig":
         """Check the rules that ranges cannot express; raises ParameterError naming the parameter."""
@@ -113,6 +122,8 @@ class MapperConfig:
                 raise ParameterError(f"{lo} ({getattr(self, lo)}) must be smaller than {hi} ({getattr(self, hi)})")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ParameterError(f"device: {self.device!r} is not cpu, cuda or cuda:N")
+        if any(not n.strip() for n in self.vocabulary) or len(set(self.vocabulary)) != len(self.vocabulary):
+            raise ParameterError(f"vocabulary: names must be unique and non-empty, got {self.vocabulary}")
         if self.label_template.count("{}") != 1:
             raise ParameterError(f"label_template: {self.label_template!r} must contain '{{}}' exactly once")
         return self

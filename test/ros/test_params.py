@@ -26,7 +26,7 @@ def test_default_yaml_is_generated_from_the_dataclass_and_holds_its_defaults():
     values = load_params_file(DEFAULT_PARAMS, NODE_NAME)
     defaults = dataclasses.asdict(MapperConfig())
     assert values == {k: v for k, v in defaults.items() if v != []}  # empty lists stay unset (rcl cannot type [])
-    assert set(defaults) - set(values) == {"label_names"}
+    assert set(defaults) - set(values) == {"label_names", "vocabulary"}
 
 
 @pytest.mark.parametrize("params, fragments", [
@@ -41,6 +41,8 @@ def test_default_yaml_is_generated_from_the_dataclass_and_holds_its_defaults():
     ({"voxel_sise": 0.1}, ["unknown parameters ['voxel_sise']"]),
     ({"initial_map": "/nonexistent/map.safetensors"}, ["initial_map", "no map file"]),
     ({"tf_timeout_s": math.nan}, ["tf_timeout_s"]),
+    ({"vocabulary": ["chair", "chair"]}, ["vocabulary", "unique"]),
+    ({"model": "/nonexistent/model.safetensors"}, ["parameter 'model'", "does not exist"]),
 ])
 def test_invalid_parameters_are_rejected_at_start_up(ros_context, params, fragments):
     with pytest.raises(ParameterError) as info:
