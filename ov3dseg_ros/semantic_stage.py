@@ -6,19 +6,14 @@ camera, and fuses the features into the map's float16 feature layer (ov3dseg_cor
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ov3dseg_core.data.frames import RGBDFrame
 from ov3dseg_core.mapping.voxel_map import VoxelMap
-from ov3dseg_core.models.map_segmenter import DEFAULT_CHECKPOINT, MapSegmenter
+from ov3dseg_core.models.map_segmenter import MapSegmenter
 
 
 def load_segmenter(model: str, device: str) -> MapSegmenter:
     """Parameter ``model`` ('default' or a checkpoint path) -> MapSegmenter; FileNotFoundError naming the path."""
-    path = DEFAULT_CHECKPOINT if model == "default" else Path(model)
-    if not path.is_file():
-        raise FileNotFoundError(f"model checkpoint {path} does not exist")
-    return MapSegmenter.from_checkpoint(path, device=device)
+    return MapSegmenter.from_checkpoint(model, device=device)
 
 
 class SemanticStage:

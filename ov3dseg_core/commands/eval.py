@@ -6,8 +6,10 @@ INPUT is either
   cloud (``/ground_truth/points``: PointCloud2 x y z label instance, map frame; ``/ground_truth/label_names``:
   std_msgs/String JSON list); ``--oracle`` feeds the bag's ground-truth label images as the label input;
 - or a dataset scene (anything ``ov3dseg_core.data.open_scene`` reads): its frames are fused offline into a
-  VoxelMap and matched against the scene's labelled points. Offline evaluation without a model needs ``--oracle``
-  (the frames' ground-truth label images are the labels); model predictions come with a later issue.
+  VoxelMap and matched against the scene's labelled points.
+Without ``--oracle`` the labels come from an open-vocabulary model (``--model``, default: the embedded default):
+the mapper writes per-voxel features and each voxel takes the class (of the split, else of the ground truth)
+whose text embedding is nearest.
 
 Writes DIR/report.json (keys: miou, macc, fmiou, fmacc, per_class_iou, per_class_acc, num_points, coverage,
 voxel_size and, with --split, split, base_miou, novel_miou, hiou), DIR/report.md, DIR/per_class_iou.png,
@@ -59,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder for the report and plots")
     parser.add_argument("--split", help="base/novel split name (e.g. sim_b15n4, scannet_b15n4) or split YAML path")
     parser.add_argument("--oracle", action="store_true",
-                        help="use the ground-truth label images as the label input (required offline for now)")
+                        help="use the ground-truth label images as the label input instead of a model")
+    parser.add_argument("--model", default="default",
+                        help="model checkpoint (.safetensors) or 'default' (the embedded default); ignored with --oracle")
     parser.add_argument("--params", type=Path, help="mapping-node parameter YAML")
     parser.add_argument("--voxel-size", type=float, help="voxel edge length in metres (overrides --params)")
     parser.add_argument("--frame-stride", type=int, default=1, help="offline: use every n-th frame (default 1)")
@@ -115,8 +119,8 @@ def read_bag_ground_truth(bag_path: Path) -> tuple[np.ndarray, np.ndarray, list[
     return points[finite], cloud["label"][finite].astype(np.int32), list(names)
 
 
-def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path
-                 ) -> EvalReport:
+def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path,
+                 model: str = "default") -> EvalReport:
     """Replay the bag through the node graph (deterministically), then evaluate the saved map."""
     from ov3dseg_core.mapping.voxel_map import VoxelMap
     try:
@@ -128,27 +132,39 @@ def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Sp
     points, labels, names = read_bag_ground_truth(bag_path)
     if split is not None:
         split.label_lookup(names)  # fail before the replay when the split does not fit the bag's classes
+    segmenter = None if oracle else _segmenter(model)
+    if segmenter is not None:
+        params = {**params, "model": model}
     try:
         result = replay_bag(bag_path, params=params, oracle=oracle, deterministic=True,
                             save_map=str(out_dir / MAP_FILE))
     except ReplayError as exc:
         raise EvalInputError(str(exc)) from None
     voxel_map = VoxelMap.load(result.map_path)
+    if segmenter is not None:
+        from ov3dseg_core.training.evaluation import evaluate_features
+        return evaluate_features(segmenter, voxel_map, points, labels, names, split)
     map_names = voxel_map.label_names or list(result.label_names)
     return evaluate_map(voxel_map, points, labels, names, split=split,
                         map_label_names=None if map_names == names else map_names)
 
 
+def _segmenter(model: str):
+    from ov3dseg_core.models.map_segmenter import MapSegmenter
+    try:
+        return MapSegmenter.from_checkpoint(model)
+    except (OSError, ValueError) as exc:
+        raise EvalInputError(f"model {model!r}: {exc}") from None
+
+
 def evaluate_dataset(path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path,
-                     frame_stride: int = 1) -> EvalReport:
-    """Fuse a dataset scene's frames offline into a VoxelMap (ground-truth label images as labels) and evaluate it."""
+                     frame_stride: int = 1, model: str = "default") -> EvalReport:
+    """Fuse a dataset scene's frames offline into a VoxelMap and evaluate it: labels from the ground-truth label
+    images (``oracle``) or from the model's per-voxel features."""
     from ov3dseg_core.data import open_scene
     from ov3dseg_core.data.frames import frame_points
     from ov3dseg_core.mapping.voxel_map import VoxelMap, VoxelMapConfig
 
-    if not oracle:
-        raise EvalInputError("offline evaluation of a dataset needs --oracle for now (the frames' ground-truth "
-                             "label images become the labels); evaluating a model's predictions comes later")
     if frame_stride < 1:
         raise EvalInputError(f"--frame-stride must be >= 1, got {frame_stride}")
     offline = from_dict(OfflineParams, {k: v for k, v in params.items()
@@ -158,6 +174,9 @@ def evaluate_dataset(path: Path, params: dict[str, Any], oracle: bool, split: Sp
         raise EvalInputError(f"scene {scene.name!r} ({path}) has no labelled point cloud to evaluate against")
     if split is not None:
         split.label_lookup(scene.label_names)  # fail before fusing when the split does not fit the scene's classes
+    if not oracle:
+        from ov3dseg_core.training.evaluation import evaluate_scene
+        return evaluate_scene(_segmenter(model), scene, split, offline.voxel_size)
     voxel_map = VoxelMap(VoxelMapConfig(voxel_size=offline.voxel_size, num_labels=len(scene.label_names),
                                         max_voxels=offline.max_voxels), label_names=scene.label_names)
     frames = scene.frames[::frame_stride]
@@ -187,9 +206,10 @@ def main(args: argparse.Namespace) -> int:
             raise EvalInputError(f"{args.input} does not exist")
         args.out.mkdir(parents=True, exist_ok=True)
         if is_bag(args.input):
-            report = evaluate_bag(args.input, params, args.oracle, split, args.out)
+            report = evaluate_bag(args.input, params, args.oracle, split, args.out, args.model)
         else:
-            report = evaluate_dataset(args.input, params, args.oracle, split, args.out, args.frame_stride)
+            report = evaluate_dataset(args.input, params, args.oracle, split, args.out, args.frame_stride,
+                                      args.model)
     except (EvalInputError, SplitError) as exc:
         print(f"ov3dseg eval: {exc}", file=sys.stderr)
         return 2

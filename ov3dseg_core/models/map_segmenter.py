@@ -25,6 +25,14 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "o
 """The embedded default model shipped with the package (see its model card beside it)."""
 
 
+def resolve_checkpoint(model: str | Path) -> Path:
+    """A model parameter ('default' = the embedded default, or a checkpoint path) -> an existing file path."""
+    path = DEFAULT_CHECKPOINT if str(model) == "default" else Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint {path} does not exist")
+    return path
+
+
 @dataclass
 class WindowResult:
     num_voxels: int        # voxels the model ran on
@@ -44,9 +52,10 @@ class MapSegmenter:
         self.max_window_voxels = max_window_voxels
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu", **kwargs) -> "MapSegmenter":
-        """Load a checkpoint written by ``ov3dseg train`` (config, vocabulary and base embeddings inside)."""
-        ckpt = load_checkpoint(path)
+    def from_checkpoint(cls, path: str | Path = "default", device: str = "cpu", **kwargs) -> "MapSegmenter":
+        """Load a checkpoint written by ``ov3dseg train`` (config, vocabulary and base embeddings inside);
+        ``path`` "default" is the embedded default model."""
+        ckpt = load_checkpoint(resolve_checkpoint(path))
         config = from_dict(OpenVocab3DConfig, ckpt.config["model"])
         model = OpenVocab3D(config, base_text=ckpt.state_dict["base_text"])
         model.load_state_dict({k: v.float() for k, v in ckpt.state_dict.items()})

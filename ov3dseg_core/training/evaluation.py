@@ -26,16 +26,25 @@ def fuse_scene(scene: Scene, voxel_size: float, feature_dim: int, max_range: flo
     return voxel_map
 
 
-def evaluate_scene(segmenter: MapSegmenter, scene: Scene, split: Split, voxel_size: float) -> EvalReport:
-    """Per-scene report over the split's classes (names matched against the scene's label names)."""
+def evaluate_scene(segmenter: MapSegmenter, scene: Scene, split: Split | None, voxel_size: float) -> EvalReport:
+    """Per-scene report over the split's classes (all the scene's classes without a split)."""
     if scene.points is None or scene.labels is None:
         raise ValueError(f"scene {scene.name} has no labelled points to evaluate against")
     voxel_map = fuse_scene(scene, voxel_size, segmenter.feature_dim)
     segmenter.update(voxel_map)
-    vocabulary = split.evaluated
-    labels, _ = segmenter.classify(voxel_map.features(), vocabulary)
-    return evaluate_map(voxel_map, scene.points, scene.labels, scene.label_names, split=split,
-                        map_label_names=vocabulary, voxel_labels=labels)
+    return evaluate_features(segmenter, voxel_map, scene.points, scene.labels, scene.label_names, split)
+
+
+def evaluate_features(segmenter: MapSegmenter, voxel_map: VoxelMap, points: np.ndarray, labels: np.ndarray,
+                      label_names: Sequence[str], split: Split | None) -> EvalReport:
+    """Label each voxel by its nearest class text embedding (the split's classes, else ``label_names``) and
+    score the labelled ``points`` (N, 3) metres, map frame; voxels without features count as unlabelled."""
+    vocabulary = split.evaluated if split is not None else list(label_names)
+    with voxel_map.lock:
+        features, has_features = voxel_map.features(), voxel_map.feature_weights() > 0
+    voxel_labels, _ = segmenter.classify(features, vocabulary)
+    return evaluate_map(voxel_map, points, labels, label_names, split=split, map_label_names=vocabulary,
+                        voxel_labels=np.where(has_features, voxel_labels, -1))
 
 
 def evaluate_scenes(segmenter: MapSegmenter, scenes: Sequence[Scene], split: Split,

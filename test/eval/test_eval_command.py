@@ -55,10 +55,11 @@ def test_offline_oracle_gives_perfect_scores(tmp_path, capsys):
     assert "| sofa | novel | 100.0 | 100.0 |" in capsys.readouterr().out
 
 
-def test_offline_without_oracle_or_with_bad_split_fails_clearly(tmp_path, capsys):
+def test_offline_with_missing_model_or_bad_split_fails_clearly(tmp_path, capsys):
     folder = _plane_scene(tmp_path)
-    assert cli_main(["eval", str(folder), "--out", str(tmp_path / "r")]) == 2
-    assert "--oracle" in capsys.readouterr().err
+    missing = tmp_path / "missing.safetensors"
+    assert cli_main(["eval", str(folder), "--out", str(tmp_path / "r"), "--model", str(missing)]) == 2
+    assert f"model checkpoint {missing} does not exist" in capsys.readouterr().err
     assert cli_main(["eval", str(folder), "--out", str(tmp_path / "r"), "--oracle", "--split", "nope"]) == 2
     assert "shipped splits" in capsys.readouterr().err
     assert cli_main(["eval", str(folder), "--out", str(tmp_path / "r"), "--oracle", "--split",

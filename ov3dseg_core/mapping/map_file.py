@@ -1,0 +1,185 @@
+"""Voxel map files: atomic safetensors save/load with a checksum, and binary PLY export.
+
+Map file: one safetensors file holding the per-voxel arrays of ``VoxelMap.state()`` (ascending key order) and
+string metadata: ``format`` (FORMAT_NAME), ``version``, ``voxel_size`` (metres), ``num_labels``, ``feature_dim``,
+``num_voxels``, ``tick``, ``label_names`` (JSON list or "null") and ``checksum`` (CRC-32 of the array bytes in
+STATE_FIELDS order). Files are written to a temporary file in the target directory, fsynced and renamed over the
+target, so a crash mid-save leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import uuid
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ov3dseg_core.mapping.voxel_map import STATE_FIELDS, VoxelMap, VoxelMapConfig
+
+FORMAT_NAME = "ov3dseg.voxel_map"
+FORMAT_VERSION = 1
+
+PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
+                      ("label", "<i4"), ("score", "<f4")])
+"""PLY vertex layout: mean position (metres, map frame), RGB, label id (-1 = none), label confidence."""
+
+_PLY_TYPES = {"<f4": "float", "u1": "uchar", "<i4": "int"}
+_SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int32): "I32",
+                       np.dtype(np.int64): "I64"}
+
+
+class MapFileError(ValueError):
+    """A map file that is corrupt, truncated or incompatible with what was asked for."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``, else delete it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_map(voxel_map: VoxelMap, path: str | Path) -> None:
+    """Write ``voxel_map`` to ``path`` (one safetensors file, atomically)."""
+    state = voxel_map.state()
+    tick = int(state.pop("tick"))
+    tensors = {name: state[name].contiguous() for name in STATE_FIELDS}  # (a copy, taken under the map's lock)
+    cfg = voxel_map.config
+    metadata = {
+        "format": FORMAT_NAME,
+        "version": str(FORMAT_VERSION),
+        "voxel_size": repr(cfg.voxel_size),
+        "num_labels": str(cfg.num_labels),
+        "feature_dim": str(cfg.feature_dim),
+        "num_voxels": str(int(tensors["keys"].shape[0])),
+        "tick": str(tick),
+        "label_names": json.dumps(voxel_map.label_names),
+        "checksum": _checksum(tensors),
+    }
+    with atomic_path(path) as tmp:
+        write_safetensors(tmp, {name: t.numpy() for name, t in tensors.items()}, metadata)
+
+
+def load_map(path: str | Path, device: str | None = None, config: VoxelMapConfig | None = None) -> VoxelMap:
+    """Read a map file. ``config`` (optional) supplies the runtime settings (max_voxels, clearing_radius, device)
+    and must agree with the file's voxel_size, num_labels and feature_dim; ``device`` overrides its device.
+
+    FileNotFoundError when ``path`` does not exist; MapFileError naming the problem for anything else wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no map file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            _check_format(path, meta)
+            names = set(f.keys())
+            if names != set(STATE_FIELDS):
+                raise MapFileError(f"{path}: arrays {sorted(names)} do not match the format ({sorted(STATE_FIELDS)})")
+            tensors = {name: f.get_tensor(name) for name in STATE_FIELDS}
+    except SafetensorError as exc:
+        raise MapFileError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    if meta.get("checksum") != _checksum(tensors):
+        raise MapFileError(f"{path}: checksum mismatch (file corrupt): stored {meta.get('checksum')}, "
+                           f"computed {_checksum(tensors)}")
+    try:
+        voxel_size = float(meta["voxel_size"])
+        num_labels, feature_dim = int(meta["num_labels"]), int(meta["feature_dim"])
+        num_voxels, tick = int(meta["num_voxels"]), int(meta["tick"])
+        label_names = json.loads(meta["label_names"])
+    except (KeyError, ValueError) as exc:
+        raise MapFileError(f"{path}: bad or missing metadata ({exc!r})") from None
+    if num_voxels != tensors["keys"].shape[0]:
+        raise MapFileError(f"{path}: metadata says {num_voxels} voxels, arrays hold {tensors['keys'].shape[0]}")
+    if config is None:
+        config = VoxelMapConfig(voxel_size=voxel_size, num_labels=num_labels, feature_dim=feature_dim)
+    else:
+        file_values = {"voxel_size": voxel_size, "num_labels": num_labels, "feature_dim": feature_dim}
+        for name, value in file_values.items():
+            if getattr(config, name) != value:
+                raise MapFileError(f"{path}: incompatible map: file {name}={value}, "
+                                   f"configured {name}={getattr(config, name)}")
+    if device is not None:
+        config = dataclasses.replace(config, device=device)
+    try:
+        return VoxelMap.from_state(config, {**tensors, "tick": torch.tensor(tick)}, label_names)
+    except ValueError as exc:
+        raise MapFileError(f"{path}: inconsistent map data: {exc}") from None
+
+
+def export_ply(voxel_map: VoxelMap, path: str | Path) -> None:
+    """Write the voxels as a binary little-endian PLY (PLY_DTYPE per vertex), atomically."""
+    with voxel_map.lock:
+        positions, colors = voxel_map.positions(), voxel_map.colors()
+        labels, confidence = voxel_map.labels()
+    vertices = np.empty(len(positions), dtype=PLY_DTYPE)
+    vertices["x"], vertices["y"], vertices["z"] = positions.T
+    vertices["red"], vertices["green"], vertices["blue"] = colors.T
+    vertices["label"], vertices["score"] = labels, confidence
+    header = ["ply", "format binary_little_endian 1.0",
+              f"comment ov3dseg voxel map, voxel_size {voxel_map.voxel_size} m, frame map",
+              f"element vertex {len(vertices)}"]
+    header += [f"property {_PLY_TYPES[PLY_DTYPE[name].str.lstrip('|')]} {name}" for name in PLY_DTYPE.names]
+    header.append("end_header\n")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write("\n".join(header).encode("ascii"))
+        f.write(vertices.tobytes())
+
+
+def write_safetensors(path: str | Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write arrays as a safetensors file straight from their buffers (no serialised copy in memory).
+
+    Layout (the safetensors format): 8-byte little-endian header length, JSON header (tensor dtypes, shapes and
+    byte ranges, plus ``__metadata__``) padded with spaces to 8 bytes, then the raw little-endian array bytes,
+    widest element type first so that every array starts aligned to its element size.
+    """
+    arrays = dict(sorted(arrays.items(), key=lambda item: (-item[1].dtype.itemsize, item[0])))
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name, array in arrays.items():
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for array in arrays.values():
+            f.write(np.ascontiguousarray(array).data)
+
+
+def _check_format(path: Path, meta: dict) -> None:
+    if meta.get("format") != FORMAT_NAME:
+        raise MapFileError(f"{path}: not an ov3dseg map (format {meta.get('format')!r}, expected {FORMAT_NAME!r})")
+    if meta.get("version") != str(FORMAT_VERSION):
+        raise MapFileError(f"{path}: unsupported map format version {meta.get('version')!r} "
+                           f"(this build reads version {FORMAT_VERSION})")
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """CRC-32 over the raw bytes of the arrays, in STATE_FIELDS order."""
+    crc = 0
+    for name in STATE_FIELDS:
+        crc = zlib.crc32(tensors[name].contiguous().numpy().view(np.uint8), crc)
+    return f"crc32:{crc:08x}"

@@ -1,0 +1,783 @@
+"""Sparse voxel map with a fixed world origin: geometry, colour, label distribution and float16 features per voxel.
+
+Voxel index = floor(p / voxel_size) (float32 division) in the map frame, so indices never shift as the map grows.
+Voxels live in slot arrays (torch, on ``config.device``); a sorted array of packed int64 keys with the matching slot
+numbers is the hash index (lookup by ``searchsorted``). One frame is reduced to its unique voxels first (a dense grid
+over the frame's bounding box, or a sort when that box is huge), so only those voxels touch the global index.
+
+Memory is bounded by ``max_voxels`` (when exceeded, the voxels farthest from the last sensor origin are evicted,
+or the least recently updated ones when no sensor origin was ever given) and by ``clearing_radius`` (voxels whose
+centre lies farther than that from the sensor origin are evicted, and new ones there are not created).
+
+All public methods take one internal lock; accessors return copies as NumPy arrays in one shared voxel order
+(ascending packed key), which stays the same between mutations. Hold ``voxel_map.lock`` to read several accessors
+from one consistent state while other threads integrate.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import sparse
+
+KEY_BITS = 21
+"""Bits per axis in a packed voxel key."""
+
+KEY_LIMIT = (1 << (KEY_BITS - 1)) - 2
+"""Largest |voxel index| per axis (about 52 km at 5 cm voxels); points beyond are dropped as invalid."""
+
+_KEY_BIAS = 1 << (KEY_BITS - 1)
+_KEY_MASK = (1 << KEY_BITS) - 1
+
+CLEARING_STEP = 0.05
+"""The clearing radius is applied again once the sensor has moved max(voxel_size, CLEARING_STEP * radius) since
+the last time (an O(map) pass); new voxels beyond the radius are never created, so between passes old voxels lie
+at most that distance beyond the radius."""
+
+DENSE_GRID_CELLS_PER_POINT = 16
+"""A frame is deduplicated on a dense grid over its bounding box when the box has at most this many cells per point
+(plus 2**16); larger boxes (far LiDAR returns, outliers) fall back to sorting packed keys."""
+
+FEATURE_NORM_LIMIT = 60000.0
+"""Largest accepted L2 norm of a feature vector: features are stored and scored in float16 (max 65504), and a fused
+feature is a weighted mean, so its norm and its dot product with a unit vector stay below this."""
+
+
+def pack_keys(keys: torch.Tensor) -> torch.Tensor:
+    """(N, 3) integer voxel indices (|index| <= KEY_LIMIT) -> (N,) int64 keys ordered lexicographically by (x, y, z).
+
+    Adding ``dx << 42 | dy << 21 | dz`` style offsets (see ``key_offsets``) to a key gives the neighbour's key.
+    """
+    k = keys.to(torch.int64) + _KEY_BIAS
+    return (k[:, 0] << (2 * KEY_BITS)) | (k[:, 1] << KEY_BITS) | k[:, 2]
+
+
+def unpack_keys(packed: torch.Tensor) -> torch.Tensor:
+    """(N,) int64 packed keys -> (N, 3) int32 voxel indices."""
+    xyz = torch.stack([packed >> (2 * KEY_BITS), (packed >> KEY_BITS) & _KEY_MASK, packed & _KEY_MASK], dim=1)
+    return (xyz - _KEY_BIAS).to(torch.int32)
+
+
+def key_offsets(offsets: torch.Tensor) -> torch.Tensor:
+    """(K, 3) integer index offsets -> (K,) int64 amounts to add to packed keys."""
+    o = offsets.to(torch.int64)
+    return (o[:, 0] << (2 * KEY_BITS)) + (o[:, 1] << KEY_BITS) + o[:, 2]
+
+
+@dataclass
+class VoxelMapConfig:
+    """Voxel map settings.
+
+    voxel_size: edge length in metres. num_labels: label bins per voxel (0 = no labels). feature_dim: per-voxel
+    feature length (0 = no features). max_voxels: voxel budget. clearing_radius: metres around the sensor origin
+    kept in the map (0 = keep everything). device: torch device of the storage ("cpu", "cuda", ...).
+    eviction_target: when max_voxels is exceeded, evict down to eviction_target * max_voxels voxels, so that the
+    O(map) eviction pass runs once per many frames instead of every frame (1.0 = evict exactly the excess).
+    """
+
+    voxel_size: float = 0.05
+    num_labels: int = 0
+    feature_dim: int = 0
+    max_voxels: int = 5_000_000
+    clearing_radius: float = 0.0
+    device: str = "cpu"
+    eviction_target: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.voxel_size) and self.voxel_size > 0):
+            raise ValueError(f"voxel_size must be a positive number of metres, got {self.voxel_size!r}")
+        for name in ("num_labels", "feature_dim"):
+            value = getattr(self, name)
+            if int(value) != value or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if int(self.max_voxels) != self.max_voxels or self.max_voxels < 1:
+            raise ValueError(f"max_voxels must be a positive integer, got {self.max_voxels!r}")
+        if not (np.isfinite(self.clearing_radius) and self.clearing_radius >= 0):
+            raise ValueError(f"clearing_radius must be >= 0 metres (0 = off), got {self.clearing_radius!r}")
+        if not 0 < self.eviction_target <= 1:
+            raise ValueError(f"eviction_target must be in (0, 1], got {self.eviction_target!r}")
+        try:
+            torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device {self.device!r} is not a torch device: {exc}") from None
+        self.voxel_size = float(self.voxel_size)
+        self.num_labels, self.feature_dim, self.max_voxels = int(self.num_labels), int(self.feature_dim), int(
+            self.max_voxels)
+
+
+@dataclass
+class IntegrationStats:
+    """What one ``integrate`` / ``integrate_features`` call did (counts)."""
+
+    points_in: int = 0
+    points_integrated: int = 0
+    points_invalid: int = 0
+    """Non-finite points and points beyond KEY_LIMIT voxels from the origin (dropped)."""
+    points_outside_radius: int = 0
+    """Points in voxels beyond clearing_radius from the sensor origin (not integrated)."""
+    voxels_updated: int = 0
+    """Existing voxels that received data."""
+    voxels_created: int = 0
+    voxels_evicted: int = 0
+    """Voxels evicted during this call (clearing radius and max_voxels)."""
+    num_voxels: int = 0
+    """Voxels in the map after the call."""
+
+
+@dataclass
+class _FrameVoxels:
+    """One input batch reduced to its unique voxels (U of them, ascending packed key)."""
+
+    packed: torch.Tensor  # (U,) int64
+    keys: torch.Tensor  # (U, 3) int32
+    weight: torch.Tensor  # (U,) float32 summed point weights
+    local_sum: torch.Tensor  # (U, 3) float32 weighted sum of (point - voxel corner), metres
+    count: torch.Tensor  # (U,) int64 points per voxel
+    color_sum: torch.Tensor | None  # (U, 3) float32 weighted RGB sums
+    label_sum: torch.Tensor | None  # (U, L) float32 weighted label counts
+    feature_sum: torch.Tensor | None  # (U, D) float32 weighted feature sums
+
+    def select(self, mask: torch.Tensor) -> "_FrameVoxels":
+        values = (getattr(self, f.name) for f in fields(self))
+        return _FrameVoxels(*(None if v is None else _rows(v, mask) for v in values))
+
+
+# Per-slot storage: name -> (trailing shape given (num_labels, feature_dim), dtype).
+_SLOT_FIELDS = {
+    "keys": (lambda L, D: (3,), torch.int32),
+    "weight": (lambda L, D: (), torch.float32),
+    "position": (lambda L, D: (3,), torch.float32),
+    "color": (lambda L, D: (3,), torch.float32),
+    "color_weight": (lambda L, D: (), torch.float32),
+    "label_counts": (lambda L, D: (L,), torch.float32),
+    "feature": (lambda L, D: (D,), torch.float16),
+    "feature_weight": (lambda L, D: (), torch.float32),
+    "stamp": (lambda L, D: (), torch.int64),
+    # derived from the above, kept up to date for fast queries and accessors (not saved)
+    "feature_norm": (lambda L, D: (), torch.float32),
+    "label": (lambda L, D: (), torch.int32),
+    "confidence": (lambda L, D: (), torch.float32),
+}
+STATE_FIELDS = ("keys", "weight", "position", "color", "color_weight", "label_counts", "feature", "feature_weight",
+                "stamp")
+"""Names of the per-voxel arrays in ``VoxelMap.state()`` (and in saved map files)."""
+
+
+class VoxelMap:
+    """Hashed sparse voxel map (see the module docstring). Thread-safe."""
+
+    def __init__(self, config: VoxelMapConfig | None = None, label_names: Sequence[str] | None = None):
+        self.config = config or VoxelMapConfig()
+        self.device = torch.device(self.config.device)
+        self.lock = threading.RLock()
+        """Re-entrant lock held by every method; hold it to read several accessors from one state."""
+        self._label_names: list[str] | None = None
+        self.label_names = label_names
+        self.voxels_evicted = 0
+        """Voxels evicted since construction (clearing radius, evict_outside and max_voxels; not ``clear()``)."""
+        self._reset_storage()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def voxel_size(self) -> float:
+        return self.config.voxel_size
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """Optional names of the label ids 0..num_labels-1."""
+        return None if self._label_names is None else list(self._label_names)
+
+    @label_names.setter
+    def label_names(self, names: Sequence[str] | None) -> None:
+        if names is not None:
+            names = list(names)
+            if len(names) != self.config.num_labels or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"label_names must be {self.config.num_labels} strings (num_labels), "
+                                 f"got {len(names)} items")
+        self._label_names = names
+
+    def __len__(self) -> int:
+        with self.lock:
+            return int(self._index_keys.numel())
+
+    # ------------------------------------------------------------------ integration
+    def integrate(self, points, colors=None, labels=None, features=None, weights=None,
+                  sensor_origin=None) -> IntegrationStats:
+        """Fuse one batch of observations.
+
+        points: (N, 3) float, metres, map frame (non-finite points are dropped and counted).
+        colors: (N, 3) uint8 RGB. labels: (N,) int in [-1, num_labels), -1 = ignored. features: (N, D) float.
+        weights: (N,) float >= 0 (default 1). sensor_origin: (3,) metres, map frame, used by clearing_radius and
+        distance-based eviction. Position, colour and feature are weighted running means; labels add weighted
+        counts. Returns what happened, including evictions.
+        """
+        pts = self._points(points)
+        n = pts.shape[0]
+        cols = self._colors(colors, n)
+        labs = self._labels(labels, n)
+        feats = self._features(features, n)
+        w = self._weights(weights, n)
+        origin = self._origin(sensor_origin)
+        stats = IntegrationStats(points_in=n)
+        frame = self._voxelise(pts, w, cols, labs, feats, stats)
+        if w is not None:
+            frame = frame.select(frame.weight > 0)
+        if origin is not None and self.config.clearing_radius > 0:
+            centers = _centers(frame.keys, self.voxel_size)
+            outside = _squared_distance(centers, origin) > self.config.clearing_radius ** 2
+            stats.points_outside_radius = int((frame.count * outside).sum())
+            frame = frame.select(~outside)
+        stats.points_integrated = int(frame.count.sum())
+        with self.lock:
+            self._merge(frame, stats, geometry=True)
+            if origin is not None:
+                self._last_origin = origin
+                radius = self.config.clearing_radius
+                if radius > 0 and (self._cleared_origin is None or float(torch.linalg.vector_norm(
+                        origin - self._cleared_origin)) >= max(self.voxel_size, CLEARING_STEP * radius)):
+                    stats.voxels_evicted += self._evict_outside(origin, radius)
+                    self._cleared_origin = origin
+            stats.voxels_evicted += self._enforce_budget()
+            stats.num_voxels = int(self._index_keys.numel())
+        return stats
+
+    def integrate_features(self, points, features, weights=None) -> IntegrationStats:
+        """Fuse (N, D) features observed at (N, 3) points (metres, map frame) into their voxels.
+
+        Features are weighted running means stored as float16. Voxels that do not exist yet are created with
+        geometry weight 0 (position = mean of these points, no colour, no labels); a later ``integrate`` then
+        sets their geometry. Existing geometry, colour and labels are not changed.
+        """
+        if self.config.feature_dim == 0:
+            raise ValueError("this map stores no features (feature_dim=0)")
+        pts = self._points(points)
+        n = pts.shape[0]
+        feats = self._features(features, n)
+        if feats is None:
+            raise ValueError("features must not be None")
+        w = self._weights(weights, n)
+        stats = IntegrationStats(points_in=n)
+        frame = self._voxelise(pts, w, None, None, feats, stats)
+        if w is not None:
+            frame = frame.select(frame.weight > 0)
+        stats.points_integrated = int(frame.count.sum())
+        with self.lock:
+            self._merge(frame, stats, geometry=False)
+            stats.voxels_evicted += self._enforce_budget()
+            stats.num_voxels = int(self._index_keys.numel())
+        return stats
+
+    def evict_outside(self, center, radius: float) -> int:
+        """Remove voxels whose centre is farther than ``radius`` metres from ``center`` (3,); returns the count."""
+        origin = self._origin(center)
+        if origin is None or not (np.isfinite(radius) and radius >= 0):
+            raise ValueError(f"evict_outside needs a centre and a radius >= 0 metres, got {center!r}, {radius!r}")
+        with self.lock:
+            return self._evict_outside(origin, float(radius))
+
+    def clear(self) -> None:
+        """Remove every voxel (keeps the configuration, label names and the eviction counter)."""
+        with self.lock:
+            self._reset_storage()
+
+    # ------------------------------------------------------------------ accessors (copies, ascending key order)
+    # ``indices``: optional (K,) int voxel indices (positions in this order) to copy only those voxels.
+    def keys(self, indices=None) -> np.ndarray:
+        """(M, 3) int32 voxel indices."""
+        with self.lock:
+            packed = self._index_keys if indices is None else self._index_keys[self._positions_of(indices)]
+            return _numpy(unpack_keys(packed))
+
+    def centers(self, indices=None) -> np.ndarray:
+        """(M, 3) float32 voxel centres, metres, map frame."""
+        return ((self.keys(indices) + np.float32(0.5)) * np.float32(self.voxel_size)).astype(np.float32)
+
+    def positions(self, indices=None) -> np.ndarray:
+        """(M, 3) float32 weighted mean point per voxel, metres, map frame."""
+        return self._gather("position", indices)
+
+    def colors(self, indices=None) -> np.ndarray:
+        """(M, 3) uint8 RGB, weighted mean colour (0 where never coloured)."""
+        return np.rint(self._gather("color", indices)).clip(0, 255).astype(np.uint8)
+
+    def weights(self, indices=None) -> np.ndarray:
+        """(M,) float32 summed point weight per voxel (the point count for unit weights)."""
+        return self._gather("weight", indices)
+
+    def label_distribution(self, indices=None) -> np.ndarray:
+        """(M, num_labels) float32 weighted label counts."""
+        return self._gather("label_counts", indices)
+
+    def labels(self, indices=None) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (M,) int32, -1 where no label was observed; confidence (M,) float32 = argmax share in [0, 1])."""
+        with self.lock:
+            return self._gather("label", indices), self._gather("confidence", indices)
+
+    def features(self, indices=None) -> np.ndarray | None:
+        """(M, D) float16 fused features (zeros where none observed), or None when feature_dim is 0."""
+        return None if self.config.feature_dim == 0 else self._gather("feature", indices)
+
+    def feature_weights(self, indices=None) -> np.ndarray:
+        """(M,) float32 summed weight of the fused features (0 = no feature observed)."""
+        return self._gather("feature_weight", indices)
+
+    def feature_similarity(self, embedding) -> np.ndarray:
+        """(M,) float32 cosine similarity of each voxel's feature with ``embedding`` (D,); -inf where no feature.
+
+        One float16 matrix-vector product over the stored features (float32 accumulation in torch; no (M, D) copy,
+        memory-bound: about 2 bytes x D read per voxel); accurate to about 3e-4.
+        """
+        if self.config.feature_dim == 0:
+            raise ValueError("this map stores no features (feature_dim=0)")
+        e = torch.as_tensor(embedding, dtype=torch.float32, device=self.device).reshape(-1)
+        if e.numel() != self.config.feature_dim:
+            raise ValueError(f"embedding has {e.numel()} values, the map's features have {self.config.feature_dim}")
+        norm = torch.linalg.vector_norm(e)
+        if not bool(torch.isfinite(norm)) or float(norm) == 0:
+            raise ValueError("embedding must be finite and non-zero")
+        e = (e / norm).to(torch.float16)
+        with self.lock:
+            used = self._used
+            dots = torch.mv(self._slots["feature"][:used], e).float()[self._index_slots]
+            fnorm = self._slots["feature_norm"][self._index_slots]
+        cosine = (dots / fnorm.clamp_min(1e-30)).clamp_(-1.0, 1.0)
+        return _numpy(torch.where(fnorm > 0, cosine, torch.full_like(cosine, -torch.inf)))
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the voxel storage and index (allocated capacity, all devices)."""
+        with self.lock:
+            tensors = [*self._slots.values(), self._index_keys, self._index_slots, self._free]
+            return int(sum(t.numel() * t.element_size() for t in tensors))
+
+    # ------------------------------------------------------------------ state, files
+    def state(self) -> dict[str, torch.Tensor]:
+        """Copies of the per-voxel arrays (STATE_FIELDS, ascending key order, CPU) plus ``tick`` (0-d int64)."""
+        with self.lock:
+            out = {name: self._slots[name].index_select(0, self._index_slots).cpu() for name in STATE_FIELDS}
+            out["tick"] = torch.tensor(self._tick, dtype=torch.int64)
+            return out
+
+    @classmethod
+    def from_state(cls, config: VoxelMapConfig, state: dict, label_names: Sequence[str] | None = None) -> "VoxelMap":
+        """A map holding ``state`` (as returned by ``state()``); ValueError naming the first inconsistency.
+
+        The map may adopt the given tensors without copying them: do not modify them afterwards.
+        """
+        vmap = cls(config, label_names)
+        L, D = config.num_labels, config.feature_dim
+        missing = sorted(set(STATE_FIELDS) - set(state))
+        if missing:
+            raise ValueError(f"state lacks {missing}")
+        m = int(state["keys"].shape[0])
+        for name in STATE_FIELDS:
+            shape, dtype = _SLOT_FIELDS[name]
+            t = state[name]
+            want = (m, *shape(L, D))
+            if tuple(t.shape) != want or t.dtype != dtype:
+                raise ValueError(f"state[{name!r}] is {tuple(t.shape)} {t.dtype}, expected {want} {dtype}")
+        keys = state["keys"]
+        if m and int(keys.abs().max()) > KEY_LIMIT:
+            raise ValueError(f"voxel indices beyond +-{KEY_LIMIT}")
+        packed = pack_keys(keys)
+        arrays = {name: state[name] for name in STATE_FIELDS}
+        if not bool((packed[1:] > packed[:-1]).all()):  # saved maps are sorted: no reordering copy needed
+            order = torch.argsort(packed)
+            packed = packed[order]
+            if bool((packed[1:] == packed[:-1]).any()):
+                raise ValueError("duplicate voxel keys")
+            arrays = {name: t[order] for name, t in arrays.items()}
+        for name in ("position", "color"):
+            if not bool(torch.isfinite(arrays[name]).all()):
+                raise ValueError(f"state[{name!r}] holds non-finite values")
+        for name in ("weight", "color_weight", "feature_weight", "label_counts"):
+            if not bool((torch.isfinite(arrays[name]) & (arrays[name] >= 0)).all()):
+                raise ValueError(f"state[{name!r}] holds negative or non-finite values")
+        with vmap.lock:
+            for name in STATE_FIELDS:
+                vmap._slots[name] = arrays[name].to(vmap.device).contiguous()
+            vmap._slots["feature_norm"] = torch.zeros(m, device=vmap.device)
+            vmap._slots["label"] = torch.full((m,), -1, dtype=torch.int32, device=vmap.device)
+            vmap._slots["confidence"] = torch.zeros(m, device=vmap.device)
+            vmap._used = m
+            everything = torch.arange(m, device=vmap.device)
+            vmap._refresh_derived(everything, labels=True, features=True)
+            vmap._index_keys = packed.to(vmap.device)
+            vmap._index_slots = everything
+            vmap._tick = int(state["tick"]) if "tick" in state else (int(state["stamp"].max()) if m else 0)
+        return vmap
+
+    def save(self, path: str | Path) -> None:
+        """Write the map atomically to one safetensors file (see map_file.save_map)."""
+        from ov3dseg_core.mapping.map_file import save_map
+        save_map(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "VoxelMap":
+        """Read a map written by ``save``; MapFileError for corrupt, truncated or incompatible files."""
+        from ov3dseg_core.mapping.map_file import load_map
+        return load_map(path, device=device)
+
+    def export_ply(self, path: str | Path) -> None:
+        """Write the voxels as a binary PLY point cloud (see map_file.export_ply)."""
+        from ov3dseg_core.mapping.map_file import export_ply
+        export_ply(self, path)
+
+    # ------------------------------------------------------------------ internals
+    def _reset_storage(self) -> None:
+        self._slots = {name: torch.zeros((0, *shape(self.config.num_labels, self.config.feature_dim)), dtype=dtype,
+                                         device=self.device) for name, (shape, dtype) in _SLOT_FIELDS.items()}
+        self._index_keys = torch.zeros(0, dtype=torch.int64, device=self.device)  # (M,) sorted packed keys
+        self._index_slots = torch.zeros(0, dtype=torch.int64, device=self.device)  # (M,) slot of each key
+        self._free = torch.zeros(0, dtype=torch.int64, device=self.device)  # zeroed slots below _used
+        self._used = 0  # slots ever handed out (high-water mark)
+        self._tick = 0  # integration calls so far (the "stamp" of a voxel is the tick of its last update)
+        self._last_origin: torch.Tensor | None = None
+        self._cleared_origin: torch.Tensor | None = None
+
+    def _gather(self, name: str, indices=None) -> np.ndarray:
+        with self.lock:
+            slots = self._index_slots if indices is None else self._index_slots[self._positions_of(indices)]
+            return _numpy(self._slots[name].index_select(0, slots))
+
+    def _positions_of(self, indices) -> torch.Tensor:
+        """(K,) int64 voxel indices on the map's device; IndexError when out of range."""
+        idx = torch.as_tensor(indices, device=self.device).reshape(-1).to(torch.int64)
+        m = self._index_keys.numel()
+        if idx.numel() and (int(idx.min()) < -m or int(idx.max()) >= m):
+            raise IndexError(f"voxel indices must be in [0, {m}), got [{int(idx.min())}, {int(idx.max())}]")
+        return idx
+
+    def _refresh_derived(self, slots: torch.Tensor, labels: bool, features: bool, chunk: int = 8192) -> None:
+        """Recompute the argmax label, its confidence and the feature norm of ``slots``.
+
+        In chunks: temporaries stay small enough for the allocator to reuse (fresh large blocks cost page faults).
+        """
+        s = self._slots
+        for start in range(0, slots.numel(), chunk):
+            part = slots[start:start + chunk]
+            if labels and self.config.num_labels:
+                counts = s["label_counts"].index_select(0, part)
+                total = counts.sum(dim=1)
+                best, arg = counts.max(dim=1)
+                seen = total > 0
+                s["label"].index_copy_(0, part, torch.where(seen, arg.to(torch.int32), -1))
+                s["confidence"].index_copy_(0, part, torch.where(seen, best / total.clamp_min(1e-30), 0.0))
+            if features and self.config.feature_dim:
+                norms = torch.linalg.vector_norm(s["feature"].index_select(0, part).float(), dim=1)
+                s["feature_norm"].index_copy_(0, part, norms)
+
+    def _points(self, points) -> torch.Tensor:
+        pts = torch.as_tensor(points, device=self.device)
+        if pts.ndim != 2 or pts.shape[1] != 3 or not pts.is_floating_point():
+            raise ValueError(f"points must be an (N, 3) float array, got shape {tuple(pts.shape)} {pts.dtype}")
+        return pts.to(torch.float32)
+
+    def _colors(self, colors, n: int) -> torch.Tensor | None:
+        if colors is None:
+            return None
+        c = torch.as_tensor(colors, device=self.device)
+        if tuple(c.shape) != (n, 3) or c.dtype != torch.uint8:
+            raise ValueError(f"colors must be ({n}, 3) uint8 RGB, got {tuple(c.shape)} {c.dtype}")
+        return c
+
+    def _labels(self, labels, n: int) -> torch.Tensor | None:
+        if labels is None:
+            return None
+        if self.config.num_labels == 0:
+            raise ValueError("labels given but this map has num_labels=0")
+        lab = torch.as_tensor(labels, device=self.device)
+        if tuple(lab.shape) != (n,) or lab.is_floating_point() or lab.dtype == torch.bool:
+            raise ValueError(f"labels must be ({n},) integers, got {tuple(lab.shape)} {lab.dtype}")
+        if n:
+            low, high = (int(v) for v in torch.aminmax(lab))
+            if low < -1 or high >= self.config.num_labels:
+                raise ValueError(f"labels must be in [-1, {self.config.num_labels}), got range [{low}, {high}]")
+        return lab.to(torch.int32)
+
+    def _features(self, features, n: int) -> torch.Tensor | None:
+        if features is None:
+            return None
+        d = self.config.feature_dim
+        if d == 0:
+            raise ValueError("features given but this map has feature_dim=0")
+        f = torch.as_tensor(features, device=self.device)
+        if tuple(f.shape) != (n, d) or not f.is_floating_point():
+            raise ValueError(f"features must be ({n}, {d}) float, got {tuple(f.shape)} {f.dtype}")
+        f = f.to(torch.float32)
+        if n and not float(torch.linalg.vector_norm(f, dim=1).max()) <= FEATURE_NORM_LIMIT:
+            raise ValueError(f"features must be finite with L2 norm <= {FEATURE_NORM_LIMIT} (float16 storage)")
+        return f
+
+    def _weights(self, weights, n: int) -> torch.Tensor | None:
+        if weights is None:
+            return None
+        w = torch.as_tensor(weights, device=self.device)
+        if tuple(w.shape) != (n,) or not w.is_floating_point():
+            raise ValueError(f"weights must be ({n},) float, got {tuple(w.shape)} {w.dtype}")
+        w = w.to(torch.float32)
+        if n and not (bool(torch.isfinite(w.sum())) and float(w.min()) >= 0):
+            raise ValueError("weights must be finite and >= 0")
+        return w
+
+    def _origin(self, origin) -> torch.Tensor | None:
+        if origin is None:
+            return None
+        o = torch.as_tensor(origin, dtype=torch.float32, device=self.device).reshape(-1)
+        if o.numel() != 3 or not bool(torch.isfinite(o).all()):
+            raise ValueError(f"sensor origin must be 3 finite values (metres, map frame), got {origin!r}")
+        return o
+
+    def _voxelise(self, pts, w, cols, labs, feats, stats: IntegrationStats) -> _FrameVoxels:
+        """Reduce N points to their U unique voxels with weighted sums (no map state touched).
+
+        Hot path: only contiguous or single-column tensor ops of one dtype (mixed-dtype and dim-0 reductions of
+        (N, 3) tensors are several times slower on CPU).
+        """
+        vs = self.voxel_size
+        extras = [w, cols, labs, feats]
+        grid = torch.floor(pts / vs)
+        lo, hi = _column_bounds(grid)  # NaN when any point is NaN, beyond KEY_LIMIT when any is infinite
+        if not all(-KEY_LIMIT <= v <= KEY_LIMIT for v in lo + hi):
+            keep = (grid.abs() <= KEY_LIMIT).all(dim=1)  # False for NaN and infinity
+            pts, grid, extras = _rows(pts, keep), _rows(grid, keep), [None if e is None else _rows(e, keep)
+                                                                       for e in extras]
+            lo, hi = _column_bounds(grid)
+        w, cols, labs, feats = extras
+        stats.points_invalid = stats.points_in - pts.shape[0]
+        local = pts - grid * vs  # (N, 3) offsets from the voxel corner, metres (precise far from the origin)
+        packed, keys, inv = _unique_voxels(grid.to(torch.int32), [int(v) for v in lo], [int(v) for v in hi])
+        u = packed.numel()
+        count = torch.bincount(inv, minlength=u)
+        weight = count.to(torch.float32) if w is None else torch.bincount(inv, weights=w, minlength=u)
+        local_sum, color_sum, feature_sum = _voxel_sums(inv, u, w, [local, cols, feats])
+        label_sum = None
+        if labs is not None:  # bin 0 of each voxel collects the ignored label -1 and is dropped
+            bins = self.config.num_labels + 1
+            index_type = torch.int32 if u * bins < 2 ** 31 else torch.int64
+            flat = inv.to(index_type) * bins + (labs + 1).to(index_type)
+            label_sum = torch.bincount(flat, weights=w, minlength=u * bins).reshape(u, bins)[:, 1:]
+            label_sum = label_sum.to(torch.float32)
+        return _FrameVoxels(packed, keys, weight, local_sum, count, color_sum, label_sum, feature_sum)
+
+    def _merge(self, frame: _FrameVoxels, stats: IntegrationStats, geometry: bool) -> None:
+        """Add a frame's voxel sums to the map (lock held)."""
+        self._tick += 1
+        u = frame.packed.numel()
+        if u == 0:
+            return
+        m = self._index_keys.numel()
+        if m:
+            pos = _searchsorted(self._index_keys, frame.packed).clamp_(max=m - 1)
+            found = self._index_keys.index_select(0, pos) == frame.packed
+            slots = self._index_slots.index_select(0, pos)
+        else:
+            found = torch.zeros(u, dtype=torch.bool, device=self.device)
+            slots = torch.empty(u, dtype=torch.int64, device=self.device)
+        new = (~found).nonzero().squeeze(1)
+        n_new = new.numel()
+        if n_new:
+            new_slots = self._allocate(n_new)
+            slots.index_copy_(0, new, new_slots)
+            self._slots["keys"].index_copy_(0, new_slots, frame.keys.index_select(0, new))
+            self._index_keys, self._index_slots = _merge_sorted(self._index_keys, self._index_slots,
+                                                                frame.packed.index_select(0, new), new_slots)
+        stats.voxels_created, stats.voxels_updated = n_new, u - n_new
+
+        s = self._slots
+        corner = frame.keys.to(torch.float32) * self.voxel_size
+        w_new = frame.weight
+        w_old = s["weight"].index_select(0, slots)
+        if geometry:
+            local_old = s["position"].index_select(0, slots) - corner
+            w_sum = w_old + w_new
+            fused = corner + (local_old * w_old[:, None] + frame.local_sum) / w_sum[:, None]
+            s["position"].index_copy_(0, slots, fused)
+            s["weight"].index_copy_(0, slots, w_sum)
+        else:  # feature-only observations place voxels that have no geometry yet
+            bare = (w_old == 0).nonzero().squeeze(1)
+            placed = (corner + frame.local_sum / w_new[:, None]).index_select(0, bare)
+            s["position"].index_copy_(0, slots.index_select(0, bare), placed)
+        if frame.color_sum is not None:
+            cw = s["color_weight"].index_select(0, slots)
+            cw_sum = cw + w_new
+            fused = (s["color"].index_select(0, slots) * cw[:, None] + frame.color_sum) / cw_sum[:, None]
+            s["color"].index_copy_(0, slots, fused)
+            s["color_weight"].index_copy_(0, slots, cw_sum)
+        if frame.label_sum is not None:
+            s["label_counts"].index_add_(0, slots, frame.label_sum)
+            self._refresh_derived(slots, labels=True, features=False)
+        if frame.feature_sum is not None:
+            fw = s["feature_weight"].index_select(0, slots)
+            fw_sum = fw + w_new
+            fused = (s["feature"].index_select(0, slots).float() * fw[:, None] + frame.feature_sum) / fw_sum[:, None]
+            stored = fused.to(torch.float16)
+            s["feature"].index_copy_(0, slots, stored)
+            s["feature_weight"].index_copy_(0, slots, fw_sum)
+            self._refresh_derived(slots, labels=False, features=True)
+        s["stamp"].index_fill_(0, slots, self._tick)
+
+    def _allocate(self, n: int) -> torch.Tensor:
+        """n zeroed slots (label -1): freed ones first, then fresh ones (growing the storage)."""
+        take = min(n, self._free.numel())
+        parts = []
+        if take:
+            parts.append(self._free[self._free.numel() - take:])
+            self._free = self._free[:self._free.numel() - take]
+        rest = n - take
+        if rest:
+            self._grow(self._used + rest)
+            parts.append(torch.arange(self._used, self._used + rest, device=self.device))
+            self._used += rest
+        slots = torch.cat(parts) if len(parts) > 1 else parts[0]
+        self._slots["label"].index_fill_(0, slots, -1)
+        return slots
+
+    def _grow(self, need: int) -> None:
+        capacity = self._slots["weight"].numel()
+        if need <= capacity:
+            return
+        new_capacity = max(need, min(max(2 * capacity, 4096), self.config.max_voxels))
+        for name, t in self._slots.items():
+            grown = torch.zeros((new_capacity, *t.shape[1:]), dtype=t.dtype, device=self.device)
+            grown[:capacity] = t
+            self._slots[name] = grown
+
+    def _evict(self, mask: torch.Tensor) -> int:
+        """Drop the voxels at index positions where ``mask`` (M,) is True; their slots are zeroed and freed."""
+        n = int(mask.sum())
+        if n == 0:
+            return 0
+        freed = _rows(self._index_slots, mask)
+        keep = ~mask
+        self._index_keys, self._index_slots = _rows(self._index_keys, keep), _rows(self._index_slots, keep)
+        for t in self._slots.values():
+            t.index_fill_(0, freed, 0)
+        self._free = torch.cat([self._free, freed])
+        self.voxels_evicted += n
+        return n
+
+    def _evict_outside(self, origin: torch.Tensor, radius: float) -> int:
+        d2 = _squared_distance(_centers(unpack_keys(self._index_keys), self.voxel_size), origin)
+        return self._evict(d2 > radius ** 2)
+
+    def _enforce_budget(self) -> int:
+        """Evict down to eviction_target * max_voxels once max_voxels is exceeded; returns the count."""
+        m = self._index_keys.numel()
+        if m <= self.config.max_voxels:
+            return 0
+        excess = m - int(self.config.max_voxels * self.config.eviction_target)
+        if self._last_origin is not None:  # farthest from the sensor first
+            priority = _squared_distance(_centers(unpack_keys(self._index_keys), self.voxel_size), self._last_origin)
+        else:  # least recently updated first
+            priority = -self._slots["stamp"][self._index_slots].to(torch.float64)
+        victims = torch.topk(priority, excess, largest=True, sorted=False).indices
+        mask = torch.zeros(m, dtype=torch.bool, device=self.device)
+        mask[victims] = True
+        return self._evict(mask)
+
+
+def _column_bounds(grid: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-axis min and max of (N, 3) float voxel indices ([0.0] * 3 for N = 0)."""
+    if grid.shape[0] == 0:
+        return [0.0] * 3, [0.0] * 3
+    bounds = [torch.aminmax(grid[:, axis]) for axis in range(3)]  # per column: fast, unlike a dim-0 reduction
+    return [float(b.min) for b in bounds], [float(b.max) for b in bounds]
+
+
+def _unique_voxels(idx: torch.Tensor, lo: list[int], hi: list[int]):
+    """Unique voxels of (N, 3) int32 indices within [lo, hi] per axis.
+
+    Returns (packed (U,) int64 ascending, keys (U, 3) int32, inverse (N,) int32 or int64: voxel of each point).
+    """
+    n, device = idx.shape[0], idx.device
+    ext = [h - l + 1 for l, h in zip(lo, hi)]
+    cells = ext[0] * ext[1] * ext[2]
+    if n == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, torch.zeros((0, 3), dtype=torch.int32, device=device), empty
+    if cells <= DENSE_GRID_CELLS_PER_POINT * n + (1 << 16):
+        # Linear cell index over the bounding box (computed in int32: cells < 2**31); its order is the packed-key
+        # order. index_fill_ / index_copy_ / index_select are several times faster than tensor[index] on CPU.
+        linear = (((idx[:, 0] - lo[0]) * ext[1] + (idx[:, 1] - lo[1])) * ext[2] + (idx[:, 2] - lo[2])).to(torch.int64)
+        occupied = torch.zeros(cells, dtype=torch.uint8, device=device).index_fill_(0, linear, 1)
+        cell_ids = occupied.nonzero().squeeze(1)
+        compact = torch.empty(cells, dtype=torch.int32, device=device)
+        compact.index_copy_(0, cell_ids, torch.arange(cell_ids.numel(), dtype=torch.int32, device=device))
+        inverse = compact.index_select(0, linear)
+        z = cell_ids % ext[2]
+        xy = cell_ids // ext[2]
+        keys = torch.stack([xy // ext[1] + lo[0], xy % ext[1] + lo[1], z + lo[2]], dim=1).to(torch.int32)
+        return pack_keys(keys), keys, inverse
+    packed, inverse = torch.unique(pack_keys(idx), sorted=True, return_inverse=True)
+    return packed, unpack_keys(packed), inverse
+
+
+def _voxel_sums(inverse: torch.Tensor, u: int, weights: torch.Tensor | None,
+                arrays: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Per-voxel (weighted) sums: each (N, C) array -> (U, C) float32, point i belonging to voxel inverse[i].
+
+    CPU: a sparse (U, N) x (N, C) product per array (scipy CSC, one pass for all C columns; about 3x faster than
+    C bincounts and 5x faster than index_add_ here). Other devices: index_add_ (atomic adds on GPUs).
+    """
+    n = inverse.numel()
+    if inverse.device.type == "cpu":
+        data = np.ones(n, np.float32) if weights is None else weights.numpy()
+        spread = sparse.csc_matrix((data, inverse.to(torch.int32).numpy(), np.arange(n + 1, dtype=np.int32)),
+                                   shape=(u, n))
+        return [None if values is None else torch.from_numpy(
+            np.asarray(spread @ values.to(torch.float32).numpy(), dtype=np.float32)) for values in arrays]
+    out = []
+    for values in arrays:
+        if values is not None:
+            values = values.to(torch.float32)
+            values = values if weights is None else values * weights[:, None]
+            values = torch.zeros((u, values.shape[1]), device=values.device).index_add_(0, inverse.long(), values)
+        out.append(values)
+    return out
+
+
+def _rows(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """t[mask] for a boolean (N,) mask over the rows of t (NumPy on CPU: torch's boolean indexing is ~10x slower)."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(t.numpy()[mask.numpy()])
+    return t[mask]
+
+
+def _merge_sorted(keys: torch.Tensor, values: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor):
+    """Insert ascending ``new_keys`` (absent from ascending ``keys``) with their values, in O(M + n)."""
+    if keys.device.type == "cpu":
+        at = np.searchsorted(keys.numpy(), new_keys.numpy())
+        return (torch.from_numpy(np.insert(keys.numpy(), at, new_keys.numpy())),
+                torch.from_numpy(np.insert(values.numpy(), at, new_values.numpy())))
+    m, n = keys.numel(), new_keys.numel()
+    at = torch.searchsorted(keys, new_keys) + torch.arange(n, device=keys.device)
+    old = torch.ones(m + n, dtype=torch.bool, device=keys.device)
+    old[at] = False
+    merged_keys, merged_values = keys.new_empty(m + n), values.new_empty(m + n)
+    merged_keys[at], merged_values[at] = new_keys, new_values
+    merged_keys[old], merged_values[old] = keys, values
+    return merged_keys, merged_values
+
+
+def _searchsorted(sorted_keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """torch.searchsorted (left); on CPU NumPy's, which is about 3x faster for int64 keys."""
+    if sorted_keys.device.type == "cpu":
+        return torch.from_numpy(np.searchsorted(sorted_keys.numpy(), values.numpy()))
+    return torch.searchsorted(sorted_keys, values)
+
+
+def _centers(keys: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """(N, 3) int voxel indices -> (N, 3) float32 centres, metres."""
+    return (keys.to(torch.float32) + 0.5) * voxel_size
+
+
+def _squared_distance(points: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    return ((points - origin) ** 2).sum(dim=1)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.cpu().numpy()
