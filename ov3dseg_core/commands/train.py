@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     base_text = encoder.encode(apply_template(split.base, cfg.model.prompt_template))
     dataset = ViewWindowDataset(training_scenes(cfg.data), split.base, encoder.encode, cfg.views,
                                 seed=cfg.trainer.seed)
-    print(f"training on {len(dataset)} view windows; base classes {split.base}; held out {split.novel}")
+    print(f"training on {len(dataset)} view windows; base classes {list(split.base)}; held out {list(split.novel)}")
     model = OpenVocab3D(cfg.model, base_text)
     trainer = Trainer(model, dataset, collate_views, cfg.trainer, out, checkpoint_config=to_dict(cfg),
                       vocabulary=split.base)

@@ -23,6 +23,8 @@ class TrainDataConfig:
     heldout_seed_start: int = 100_000
     heldout_scenes: int = 0
     sim_frames: int = 16
+    sim_width: int = 640              # simulated camera image size, pixels
+    sim_height: int = 480
     cache_dir: str = "out/sim_cache"
 
 
