@@ -182,7 +182,7 @@ class Trainer:
         batches = self._batches()
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=self.rank != 0,
                    dynamic_ncols=True)
-        t0, samples = time.perf_counter(), 0
+        t0, samples, interval = time.perf_counter(), 0, {}
         while self.step < self.cfg.max_steps:
             totals: dict[str, float] = {}
             for _ in range(self.cfg.grad_accum_steps):
@@ -203,13 +203,16 @@ class Trainer:
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{totals['loss']:.4f}")
+            for k, v in totals.items():
+                interval.setdefault(k, []).append(v)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
                 elapsed = time.perf_counter() - t0
                 row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                       "samples_per_s": samples * self.world / max(elapsed, 1e-9), **totals}
+                       "samples_per_s": samples * self.world / max(elapsed, 1e-9),
+                       **{k: sum(v) / len(v) for k, v in interval.items()}}  # means over the interval
                 history.append(row)
                 log.write(row)
-                t0, samples = time.perf_counter(), 0
+                t0, samples, interval = time.perf_counter(), 0, {}
             if self.step % self.cfg.checkpoint_every == 0:
                 self.save()
         bar.close()
