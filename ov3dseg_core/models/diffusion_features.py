@@ -54,7 +54,8 @@ class DiffusionConfig:
     num_tokens: condition tokens T (77 for SD's CLIP text encoder); unet_taps / vae_encoder_taps /
     vae_decoder_taps: [block, resnet] pairs whose ResNet input is a feature map (ODISE's defaults for SD 1.x);
     projection_dim / min_stride / max_stride: the trainable projection of the taps (strides are clamped);
-    gradient_checkpointing: UNet activation checkpointing (saves GPU memory)."""
+    input_size: (H, W) the image is resized to before the VAE (ODISE / XMask3D: 512 x 512, SD's training size;
+    None = native size); gradient_checkpointing: UNet activation checkpointing (saves GPU memory)."""
 
     pretrained: str | None = None
     unet: Any = "sd15"
@@ -68,6 +69,7 @@ class DiffusionConfig:
     projection_dim: int = 512
     min_stride: int = 4
     max_stride: int = 32
+    input_size: list | None = None
     gradient_checkpointing: bool = False
 
 
@@ -173,10 +175,14 @@ class DiffusionFeatureExtractor(nn.Module):
 
     def forward(self, image: torch.Tensor, tokens: torch.Tensor,
                 time_offset: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """image: (B, 3, H, W) RGB in [0, 1], H and W multiples of ``size_divisibility``; tokens (B, T, C) condition
-        tokens; time_offset (B, time_embed_dim) added to the timestep embedding, or None.
-        Returns the tapped maps in ``taps`` order, each (B, channels, H / stride, W / stride). Gradients reach the
-        tokens and time offset, never the frozen weights."""
+        """image: (B, 3, H, W) RGB in [0, 1]; tokens (B, T, C) condition tokens; time_offset (B, time_embed_dim)
+        added to the timestep embedding, or None. The image is resized to ``input_size`` when set; the size the
+        VAE sees must be a multiple of ``size_divisibility``. Returns the tapped maps in ``taps`` order, each
+        (B, channels, h / stride, w / stride) for that size. Gradients reach the tokens and time offset, never the
+        frozen weights."""
+        if self.cfg.input_size is not None:
+            image = F.interpolate(image, size=tuple(self.cfg.input_size), mode="bicubic", align_corners=False)
+            image = image.clamp(0.0, 1.0)
         b, _, h, w = image.shape
         if h % self.size_divisibility or w % self.size_divisibility:
             raise ValueError(f"image size {h}x{w} is not a multiple of {self.size_divisibility}")

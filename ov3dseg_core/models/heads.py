@@ -41,13 +41,14 @@ class TextClassifier(nn.Module):
 class BinaryHead(nn.Module):
     """PLA's binary head: a small sparse U-Net, BatchNorm, ReLU and a linear layer giving a novel-class logit.
 
-    ``backbone`` is a REGISTRY "backbone" config; its per-voxel features (V, C) become logits (V,) of
-    s_b = P(point belongs to a novel class) (Eq. 13).
+    ``backbone`` is a REGISTRY "backbone" config; its per-voxel features (V, C) (C = its ``out_channels``) become
+    logits (V,) of s_b = P(point belongs to a novel class) (Eq. 13).
     """
 
-    def __init__(self, backbone: Mapping[str, Any], channels: int):
+    def __init__(self, backbone: Mapping[str, Any]):
         super().__init__()
         self.backbone = REGISTRY.build("backbone", dict(backbone))
+        channels = self.backbone.out_channels
         self.norm = nn.BatchNorm1d(channels)
         self.fc = nn.Linear(channels, 1)
 

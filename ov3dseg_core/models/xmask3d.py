@@ -225,10 +225,7 @@ class XMask3D(nn.Module):
         self.proj_3d = nn.Linear(self.backbone.out_channels, d)
         self.binary_head = None
         if cfg.binary_head is not None:
-            head_cfg = dict(cfg.binary_head)
-            head_cfg["in_channels"] = cfg.in_channels
-            channels = REGISTRY.build("backbone", head_cfg).out_channels
-            self.binary_head = BinaryHead(head_cfg, channels)
+            self.binary_head = BinaryHead({**cfg.binary_head, "in_channels": cfg.in_channels})
 
         if cfg.clip.model_name is None:
             self.maskclip = MaskCLIP.from_model(open_clip_model(self.text_encoder))

@@ -98,6 +98,15 @@ def test_diffusion_taps_noise_and_frozen_weights(extractor):
         extractor(torch.rand(1, 3, 48, 64), tokens[:1])
 
 
+def test_diffusion_input_resize_and_projection_back_to_the_view():
+    cfg = from_dict(DiffusionConfig, {**TINY["diffusion"], "input_size": [64, 64]})
+    ext = DiffusionFeatureExtractor(cfg)
+    feats = ext(torch.rand(1, 3, 32, 96), torch.zeros(1, 8, 32))
+    assert [f.shape[-2:] for f in feats] == [(64 // s, 64 // s) for _, s, _ in ext.taps]  # SD sees 64 x 64
+    out = MultiScaleProjection(ext.taps, 16)(feats, (32, 96))
+    assert {s: tuple(v.shape[-2:]) for s, v in out.items()} == {4: (8, 24), 8: (4, 12), 16: (2, 6), 32: (1, 3)}
+
+
 def test_diffusion_config_errors():
     with pytest.raises(ValueError, match="preset"):
         DiffusionFeatureExtractor(DiffusionConfig(unet="sd99"))
