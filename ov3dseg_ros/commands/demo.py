@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--room-type", default="living_room", help="room type of the simulated scene")
     parser.add_argument("--frames", type=int, default=24, help="camera frames in the scene")
     parser.add_argument("--query", action="append", dest="queries", help="query text (repeatable)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="query cosine-similarity threshold")
+    parser.add_argument("--threshold", type=float, default=0.65, help="query cosine-similarity threshold")
 
 
 def main(args: argparse.Namespace) -> int:
