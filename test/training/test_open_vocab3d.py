@@ -39,7 +39,7 @@ def test_overfits_one_sample(batch, minilm):
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()
-        first = first if first is not None else {k: float(v) for k, v in losses.items()}
+        first = first if first is not None else {k: float(v.detach()) for k, v in losses.items()}
     last = {k: float(v) for k, v in model.training_losses(batch, 250).items()}
     assert last["loss"] < 0.3 * first["loss"]
     assert last["mask"] < first["mask"] and last["view"] < first["view"]
