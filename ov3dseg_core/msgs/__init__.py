@@ -23,3 +23,19 @@ def data_as_uint8(data) -> np.ndarray:
         return np.frombuffer(data, dtype=np.uint8)
     except TypeError:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
+
+
+def padded_rows(data, height: int, step: int, row_bytes: int, what: str, step_name: str, row_detail: str,
+                ) -> np.ndarray:
+    """The ``data`` field as (height, row_bytes) uint8 rows that start every ``step`` bytes (row padding dropped).
+
+    MessageFormatError naming ``what`` (e.g. "rgb8 image:", "PointCloud2") when ``step`` is shorter than a row
+    (``row_detail`` says how a row's size is made up) or the data length is not height * step.
+    """
+    if step < row_bytes:
+        raise MessageFormatError(f"{what} {step_name} {step} is less than {row_detail} = {row_bytes}")
+    flat = data_as_uint8(data)
+    if flat.size != height * step:
+        raise MessageFormatError(f"{what} data has {flat.size} bytes, expected height {height} x {step_name} "
+                                 f"{step} = {height * step}")
+    return flat.reshape(height, step)[:, :row_bytes]

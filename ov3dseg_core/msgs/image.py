@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from ov3dseg_core.msgs import MessageFormatError, data_as_uint8
+from ov3dseg_core.msgs import MessageFormatError, padded_rows
 
 NAMED_ENCODINGS = {
     "rgb8": ("u1", 3), "bgr8": ("u1", 3), "rgba8": ("u1", 4), "bgra8": ("u1", 4), "mono8": ("u1", 1),
@@ -47,15 +47,10 @@ def image_to_numpy(msg) -> np.ndarray:
     dtype, channels = encoding_format(msg.encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = width * channels * dtype.itemsize
-    if step < row_bytes:
-        raise MessageFormatError(f"{msg.encoding} image: step {step} is less than width {width} x {channels} "
-                                 f"channel(s) x {dtype.itemsize} byte(s) = {row_bytes}")
-    data = data_as_uint8(msg.data)
-    if data.size != height * step:
-        raise MessageFormatError(f"{msg.encoding} image: data has {data.size} bytes, expected height {height} x "
-                                 f"step {step} = {height * step}")
+    rows = padded_rows(msg.data, height, step, row_bytes, f"{msg.encoding} image:", "step",
+                       f"width {width} x {channels} channel(s) x {dtype.itemsize} byte(s)")
     wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
-    pixels = data.reshape(height, step)[:, :row_bytes].view(wire)
+    pixels = rows.view(wire)
     pixels = pixels.reshape((height, width) if channels == 1 else (height, width, channels))
     return pixels if wire.isnative else pixels.astype(dtype)
 

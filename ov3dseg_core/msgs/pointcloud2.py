@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from ov3dseg_core.msgs import MessageFormatError, data_as_uint8
+from ov3dseg_core.msgs import MessageFormatError, padded_rows
 
 INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64 = range(1, 9)
 """sensor_msgs/PointField datatype constants."""
@@ -108,14 +108,8 @@ def _wire_view(msg) -> np.ndarray:
     dtype = _layout_dtype(msg, native=False)
     height, width, row_step = int(msg.height), int(msg.width), int(msg.row_step)
     row_bytes = width * dtype.itemsize
-    if row_step < row_bytes:
-        raise MessageFormatError(f"PointCloud2 row_step {row_step} is less than width {width} x point_step "
-                                 f"{dtype.itemsize} = {row_bytes}")
-    data = data_as_uint8(msg.data)
-    if data.size != height * row_step:
-        raise MessageFormatError(f"PointCloud2 data has {data.size} bytes, expected height {height} x row_step "
-                                 f"{row_step} = {height * row_step}")
-    return data.reshape(height, row_step)[:, :row_bytes].view(dtype)
+    return padded_rows(msg.data, height, row_step, row_bytes, "PointCloud2", "row_step",
+                       f"width {width} x point_step {dtype.itemsize}").view(dtype)
 
 
 def _layout_dtype(msg, native: bool) -> np.dtype:
