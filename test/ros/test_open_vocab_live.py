@@ -55,4 +55,4 @@ def test_novel_query_is_answered_from_model_features(room, ros_domain, tmp_path)
                                        voxel_map.voxel_size)
     base_rate = len(np.unique(np.floor(sofa_points[in_map] / voxel_map.voxel_size).astype(np.int64), axis=0)) \
         / len(voxel_map)
-    assert precision > 2 * base_rate, (precision, base_rate)  # measured with the shipped model: 0.35 vs 0.056
+    assert precision > 2 * base_rate, (precision, base_rate)  # measured with the shipped model: 0.36 vs 0.056
