@@ -1,4 +1,5 @@
 """The trainer under torchrun: two CPU processes (gloo) train one model with DDP; rank 0 alone writes outputs."""
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import torch
 from ov3dseg_core.training.checkpoint import load_checkpoint
 
 SCRIPT = textwrap.dedent('''
+    import json
     import sys
     import torch
     from torch import nn
@@ -31,8 +33,9 @@ SCRIPT = textwrap.dedent('''
     trainer = Trainer(Tiny(), data, collate, TrainerConfig(max_steps=30, batch_size=8, lr=0.1, warmup_steps=1,
                       log_every=10, checkpoint_every=100), sys.argv[1], {"m": 1}, ["a", "b"])
     result = trainer.fit()
-    print(f"rank {trainer.rank} of {trainer.world} step {result.step} first {result.history[0]['loss']:.3f} "
-          f"last {result.history[-1]['loss']:.3f}" if trainer.rank == 0 else f"rank {trainer.rank} of {trainer.world}")
+    losses = [row["loss"] for row in result.history]
+    with open(f"{sys.argv[2]}.rank{trainer.rank}", "w") as f:
+        json.dump({"world": trainer.world, "step": result.step, "losses": losses}, f)
 ''')
 
 
@@ -41,13 +44,13 @@ def test_two_process_ddp_training(tmp_path):
     script.write_text(SCRIPT)
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", "29517", str(script), str(out)],
+                           "--master-port", "29517", str(script), str(out), str(tmp_path / "result")],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "rank 1 of 2" in proc.stdout
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("rank 0 of 2"))
-    first, last = float(line.split("first ")[1].split()[0]), float(line.split("last ")[1])
-    assert last < first
+    ranks = [json.loads((tmp_path / f"result.rank{r}").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 and r["step"] == 30 for r in ranks)
+    losses = ranks[0]["losses"]  # each rank's own shard of the batches; rank 0 alone writes the CSV log
+    assert len(ranks[1]["losses"]) == len(losses) == 3 and losses[-1] < losses[0]
     ckpt = load_checkpoint(out / "last.safetensors")
     assert ckpt.step == 30 and set(ckpt.state_dict) == {"net.weight", "net.bias"}
     assert (out / "train_log.csv").exists() and torch.isfinite(ckpt.state_dict["net.weight"]).all()
