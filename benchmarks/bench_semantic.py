@@ -10,7 +10,6 @@ import os
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from ov3dseg_core.mapping.query import query_features

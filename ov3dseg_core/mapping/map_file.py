@@ -8,19 +8,16 @@ target, so a crash mid-save leaves the previous file intact.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import uuid
 import zlib
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ov3dseg_core.atomic_write import atomic_path
 from ov3dseg_core.mapping.voxel_map import STATE_FIELDS, VoxelMap, VoxelMapConfig
 
 FORMAT_NAME = "ov3dseg.voxel_map"
@@ -37,26 +34,6 @@ _SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
 
 class MapFileError(ValueError):
     """A map file that is corrupt, truncated or incompatible with what was asked for."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``, else delete it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_map(voxel_map: VoxelMap, path: str | Path) -> None:

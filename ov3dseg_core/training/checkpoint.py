@@ -7,16 +7,15 @@ Optimizer/scheduler state for resuming lives beside it in ``<name>.train_state.p
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+
+from ov3dseg_core.atomic_write import atomic_path
 
 FORMAT = "ov3dseg-checkpoint/1"
 
@@ -34,20 +33,6 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` to ``path`` (.safetensors) atomically; tensors are stored contiguous on CPU."""
     path = Path(path)
@@ -59,7 +44,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "step": str(int(ckpt.step)),
         "extra": json.dumps(ckpt.extra),
     }
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
@@ -100,7 +86,8 @@ def train_state_path(path: str | Path) -> Path:
 
 def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
     """Optimizer, scheduler, scaler and RNG state for resuming, beside checkpoint ``path``."""
-    _atomic_write(train_state_path(path), lambda tmp: torch.save(state, tmp))
+    with atomic_path(train_state_path(path)) as tmp:
+        torch.save(state, tmp)
 
 
 def load_train_state(path: str | Path) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ov3dseg_core.labels import IGNORE_LABEL, SCANNET20
+from ov3dseg_core.labels import IGNORE_LABEL
 
 NYU40_IDS_20 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)
 """NYU40 id of each ScanNet-20 class, in the order of ov3dseg_core.labels.SCANNET20."""
