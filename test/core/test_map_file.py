@@ -8,6 +8,7 @@ import pytest
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file as save_numpy
 
+from ov3dseg_core import atomic_write
 from ov3dseg_core.mapping import MapFileError, VoxelMap, VoxelMapConfig, load_map
 from ov3dseg_core.mapping import map_file
 from ov3dseg_core.mapping.map_file import PLY_DTYPE
@@ -131,7 +132,7 @@ def test_failed_rename_keeps_previous_map(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("simulated crash before rename")
 
-    monkeypatch.setattr(map_file.os, "replace", crash)
+    monkeypatch.setattr(atomic_write.os, "replace", crash)
     with pytest.raises(OSError, match="simulated"):
         sample_map(seed=1).save(path)
     monkeypatch.undo()
