@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ov3dseg_core.models import backbones  # noqa: F401  (registers the sparse U-Nets)
+from ov3dseg_core.models.backbones import batch_mean, offset_to_batch  # (also registers the sparse U-Nets)
 from ov3dseg_core.models.heads import TextClassifier
 from ov3dseg_core.models.lifting import mask_pool
 from ov3dseg_core.models.losses import mask_alignment_loss, segmentation_ce, view_alignment_loss
@@ -76,7 +76,8 @@ class OpenVocab3D(nn.Module):
             present = count > 0
             mask = mask_alignment_loss(pooled[present], batch["mask_target"][present])
             region = region_contrastive_loss(features, regions, batch["mask_target"], self.classifier)
-        view = view_alignment_loss(_batch_mean(features, batch["offset"]), batch["view_target"])
+        view = view_alignment_loss(batch_mean(features, offset_to_batch(batch["offset"]), len(batch["offset"])),
+                                   batch["view_target"])
         loss = (self.cfg.seg_weight * seg + self.cfg.mask_weight * mask + self.cfg.view_weight * view
                 + self.cfg.region_weight * region)
         return {"loss": loss, "seg": seg, "mask": mask, "view": view, "region": region}
@@ -101,11 +102,3 @@ def region_contrastive_loss(features: torch.Tensor, regions: torch.Tensor, capti
     distinct, caption_of_region = torch.unique(captions, dim=0, return_inverse=True)
     logits = classifier(features[inside], distinct.detach())
     return F.cross_entropy(logits, caption_of_region[regions[inside]])
-
-
-def _batch_mean(features: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """(N, D) features, (B,) cumulative counts -> (B, D) per-sample means."""
-    counts = torch.diff(offset, prepend=offset.new_zeros(1))
-    batch = torch.repeat_interleave(torch.arange(len(offset), device=features.device), counts)
-    sums = torch.zeros(len(offset), features.shape[1], device=features.device, dtype=features.dtype)
-    return sums.index_add_(0, batch, features) / counts.clamp_min(1)[:, None].to(features.dtype)

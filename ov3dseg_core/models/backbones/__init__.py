@@ -21,11 +21,12 @@ from ov3dseg_core.models.backbones.spunet import (
     SpUNet18A,
     SpUNet34C,
     SpUNetPDNorm,
+    batch_mean,
     offset_to_batch,
 )
 
 __all__ = [
     "MOSAIC3D_CONDITIONS", "SPUNET_PRESETS", "BasicBlock", "CheckpointError", "CheckpointReport",
     "Mosaic3DSpUNet34C", "PDBatchNorm", "SpUNet", "SpUNet14A", "SpUNet18A", "SpUNet34C", "SpUNetPDNorm",
-    "load_pointcept_checkpoint", "offset_to_batch", "read_state_dict",
+    "batch_mean", "load_pointcept_checkpoint", "offset_to_batch", "read_state_dict",
 ]

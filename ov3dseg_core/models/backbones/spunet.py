@@ -207,7 +207,7 @@ class SpUNet(nn.Module):
         features = self.final(x).features
         if not return_global:
             return features
-        return features, _batch_mean(bottleneck.features, bottleneck.indices[:, 0].long(), batch_size)
+        return features, batch_mean(bottleneck.features, bottleneck.indices[:, 0].long(), batch_size)
 
     def _sparse_input(self, data: dict[str, torch.Tensor]) -> tuple[spconv.SparseConvTensor, int]:
         missing = {"grid_coord", "feat", "offset"} - set(data)
@@ -351,7 +351,7 @@ class SpUNetPDNorm(SpUNet):
             self.norm_condition.context = None
 
 
-def _batch_mean(features: torch.Tensor, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
+def batch_mean(features: torch.Tensor, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Mean of rows (M, C) per batch index (M,) -> (B, C)."""
     sums = features.new_zeros(batch_size, features.shape[1]).index_add_(0, batch, features)
     counts = torch.bincount(batch, minlength=batch_size).clamp(min=1).to(features.dtype)
