@@ -1,5 +1,5 @@
-"""``ov3dseg evaluate CONFIG CHECKPOINT``: score a trained model on the config's held-out scenes (base, novel,
-hIoU for the config's split), through the same map -> model -> features path the live mapper uses."""
+"""``ov3dseg evaluate CONFIG CHECKPOINT``: score a trained model on the config's held-out (or validation) scenes
+(base, novel, hIoU for the config's split), through the same map -> model -> features path the live mapper uses."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/evaluate"), help="report folder")
     parser.add_argument("--split", help="override the config's split")
     parser.add_argument("--heldout-scenes", type=int, help="override data.heldout_scenes")
+    parser.add_argument("--validation", action="store_true",
+                        help="score the validation scenes (for tuning) instead of the held-out ones")
     parser.add_argument("--device", default="cpu", help="torch device for the model")
 
 
@@ -23,14 +25,15 @@ def main(args: argparse.Namespace) -> int:
     from ov3dseg_core.models.map_segmenter import MapSegmenter
     from ov3dseg_core.training.config import TrainConfig
     from ov3dseg_core.training.evaluation import evaluate_scenes
-    from ov3dseg_core.training.scenes import heldout_scenes
+    from ov3dseg_core.training.scenes import heldout_scenes, validation_scenes
 
     cfg = load_config(TrainConfig, args.config)
     if args.heldout_scenes is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, heldout_scenes=args.heldout_scenes))
     split = load_split(args.split or cfg.split)
     segmenter = MapSegmenter.from_checkpoint(args.checkpoint, device=args.device)
-    report = evaluate_scenes(segmenter, heldout_scenes(cfg.data), split, cfg.views.voxel_size)
+    scenes = validation_scenes(cfg.data) if args.validation else heldout_scenes(cfg.data)
+    report = evaluate_scenes(segmenter, scenes, split, cfg.windows.voxel_size)
     paths = write_report(report, args.out)
     print(markdown_table(report))
     print(f"report: {paths}")

@@ -1,4 +1,5 @@
-"""``ov3dseg train CONFIG``: train an open-vocabulary 3D model, then evaluate it on the held-out scenes."""
+"""``ov3dseg train CONFIG``: train an open-vocabulary 3D model, then evaluate it on the validation scenes (the
+held-out scenes are for ``ov3dseg evaluate``, once, at the end)."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (default: the config's out_dir)")
     parser.add_argument("--max-steps", type=int, help="override trainer.max_steps")
     parser.add_argument("--sim-scenes", type=int, help="override data.sim_scenes")
-    parser.add_argument("--heldout-scenes", type=int, help="override data.heldout_scenes")
+    parser.add_argument("--val-scenes", type=int, help="override data.val_scenes")
     parser.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.safetensors exists")
-    parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    parser.add_argument("--no-eval", action="store_true", help="skip the validation evaluation")
     parser.add_argument("--export", type=Path, help="also write a float16 copy of the final checkpoint here")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
 
@@ -31,15 +32,15 @@ def main(args: argparse.Namespace) -> int:
     from ov3dseg_core.models.text import apply_template, build_text_encoder
     from ov3dseg_core.training.checkpoint import export_half
     from ov3dseg_core.training.evaluation import evaluate_scenes
-    from ov3dseg_core.training.scenes import heldout_scenes, training_scenes
+    from ov3dseg_core.training.map_windows import MapWindowDataset, base_class_weights, collate_windows, fused_scenes
+    from ov3dseg_core.training.scenes import training_scenes, validation_scenes
     from ov3dseg_core.training.trainer import Trainer
-    from ov3dseg_core.training.views import ViewWindowDataset, collate_views
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(TrainConfig, args.config)
     data = dataclasses.replace(cfg.data, **{k: v for k, v in (("sim_scenes", args.sim_scenes),
-                                                              ("heldout_scenes", args.heldout_scenes)) if v is not None})
+                                                              ("val_scenes", args.val_scenes)) if v is not None})
     trainer_cfg = cfg.trainer if args.max_steps is None else dataclasses.replace(cfg.trainer, max_steps=args.max_steps)
     cfg = dataclasses.replace(cfg, data=data, trainer=trainer_cfg, out_dir=str(args.out or cfg.out_dir))
     out = Path(cfg.out_dir)
@@ -47,19 +48,21 @@ def main(args: argparse.Namespace) -> int:
     split = load_split(cfg.split)
     encoder = build_text_encoder(cfg.model.text_encoder)
     base_text = encoder.encode(apply_template(split.base, cfg.model.prompt_template))
-    dataset = ViewWindowDataset(training_scenes(cfg.data), split.base, encoder.encode, cfg.views,
-                                seed=cfg.trainer.seed)
-    print(f"training on {len(dataset)} view windows; base classes {list(split.base)}; held out {list(split.novel)}")
-    model = OpenVocab3D(cfg.model, base_text)
-    trainer = Trainer(model, dataset, collate_views, cfg.trainer, out, checkpoint_config=to_dict(cfg),
+    scenes = fused_scenes(training_scenes(cfg.data), cfg.windows, cfg.data.cache_dir)
+    dataset = MapWindowDataset(scenes, split.base, encoder.encode, cfg.windows, seed=cfg.trainer.seed)
+    weights = torch.from_numpy(base_class_weights(scenes, split.base, cfg.class_weight_power))
+    print(f"training on {len(scenes)} fused scenes ({len(dataset)} map windows an epoch); base classes "
+          f"{list(split.base)}; held out {list(split.novel)}")
+    model = OpenVocab3D(cfg.model, base_text, class_weights=weights)
+    trainer = Trainer(model, dataset, collate_windows, cfg.trainer, out, checkpoint_config=to_dict(cfg),
                       vocabulary=split.base)
     result = trainer.fit(resume=not args.no_resume)
     print(f"checkpoint: {result.checkpoint} (step {result.step})")
     if args.export:
         print(f"exported float16 checkpoint: {export_half(result.checkpoint, args.export)}")
-    if not args.no_eval and trainer.rank == 0 and (cfg.data.heldout_scenes or cfg.data.heldout_dirs):
+    if not args.no_eval and trainer.rank == 0 and cfg.data.val_scenes:
         segmenter = MapSegmenter.from_checkpoint(result.checkpoint)
-        report = evaluate_scenes(segmenter, heldout_scenes(cfg.data), split, cfg.views.voxel_size)
+        report = evaluate_scenes(segmenter, validation_scenes(cfg.data), split, cfg.windows.voxel_size)
         write_report(report, out / "eval")
         print(markdown_table(report))
     return 0

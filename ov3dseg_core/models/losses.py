@@ -43,11 +43,12 @@ class LossConfig:
     importance_ratio: float = 0.75
 
 
-def segmentation_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 14: mean CE of logits (N, L) against labels (N,) int64 in [0, L), -1 ignored (0 when none is valid)."""
+def segmentation_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 14: mean CE of logits (N, L) against labels (N,) int64 in [0, L), -1 ignored (0 when none is valid);
+    ``weight`` (L,) optional per-class weights (weighted mean)."""
     if not bool((labels >= 0).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, labels, ignore_index=-1)
+    return F.cross_entropy(logits, labels, weight=weight, ignore_index=-1)
 
 
 def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ov3dseg_core.config import from_dict
 from ov3dseg_core.models.open_vocab3d import OpenVocab3D, OpenVocab3DConfig
 from ov3dseg_core.models.text import TextEncoder, apply_template, build_text_encoder
 from ov3dseg_core.training.checkpoint import load_checkpoint
-from ov3dseg_core.training.views import point_features
+from ov3dseg_core.models.voxel_inputs import grid_coordinates, point_features
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "ov3d_default.safetensors"
 """The embedded default model shipped with the package (see its model card beside it)."""
@@ -77,7 +77,7 @@ class MapSegmenter:
     def features(self, keys: np.ndarray, positions: np.ndarray, colors: np.ndarray) -> torch.Tensor:
         """Per-voxel features (V, D) for voxels given by indices (V, 3) int, mean positions (V, 3) metres (map
         frame, z up) and colours (V, 3) uint8."""
-        grid = torch.from_numpy(np.asarray(keys, dtype=np.int64) - np.asarray(keys).min(axis=0)).int()
+        grid = torch.from_numpy(grid_coordinates(keys))
         data = {"grid_coord": grid.to(self.device),
                 "feat": torch.from_numpy(point_features(colors, positions)).to(self.device),
                 "offset": torch.tensor([len(grid)], device=self.device)}

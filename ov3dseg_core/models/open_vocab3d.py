@@ -26,7 +26,6 @@ from torch import nn
 
 from ov3dseg_core.models.backbones import batch_mean, offset_to_batch  # (also registers the sparse U-Nets)
 from ov3dseg_core.models.heads import TextClassifier
-from ov3dseg_core.models.lifting import mask_pool
 from ov3dseg_core.models.losses import mask_alignment_loss, segmentation_ce, view_alignment_loss
 from ov3dseg_core.models.text import DEFAULT_TEMPLATE
 from ov3dseg_core.registry import REGISTRY
@@ -36,7 +35,7 @@ from ov3dseg_core.registry import REGISTRY
 class OpenVocab3DConfig:
     backbone: dict[str, Any] = field(default_factory=lambda: {
         "type": "SpUNet14A", "base_channels": 16, "channels": [16, 32, 64, 96, 96, 64, 48, 48]})
-    in_channels: int = 4             # RGB in [-1, 1] + height (training/views.point_features)
+    in_channels: int = 4             # RGB in [-1, 1] + height (models/voxel_inputs.point_features)
     text_dim: int = 384              # MiniLM
     text_encoder: str = "minilm"
     prompt_template: str = DEFAULT_TEMPLATE
@@ -50,32 +49,38 @@ class OpenVocab3DConfig:
 
 @REGISTRY.register("model", "OpenVocab3D")
 class OpenVocab3D(nn.Module):
-    """Sparse U-Net -> text-space point features; ``base_text`` (B, D) are the base-class embeddings."""
+    """Sparse U-Net -> text-space point features; ``base_text`` (B, D) are the base-class embeddings and
+    ``class_weights`` (B,) their L_seg weights (default 1; training.map_windows.base_class_weights)."""
 
-    def __init__(self, config: OpenVocab3DConfig, base_text: torch.Tensor):
+    def __init__(self, config: OpenVocab3DConfig, base_text: torch.Tensor,
+                 class_weights: torch.Tensor | None = None):
         super().__init__()
         self.cfg = config
         self.backbone = REGISTRY.build("backbone", config.backbone, in_channels=config.in_channels,
                                        out_channels=config.text_dim)
         self.classifier = TextClassifier(init_temperature=config.init_temperature)
         self.register_buffer("base_text", F.normalize(base_text.float(), dim=-1))
+        self.register_buffer("class_weights", torch.ones(len(base_text)) if class_weights is None
+                             else torch.as_tensor(class_weights, dtype=torch.float32))
 
     def forward(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
         """data: grid_coord (N, 3) int, feat (N, in_channels), offset (B,) -> (N, text_dim) unit features."""
         return F.normalize(self.backbone(data), dim=-1)
 
     def training_losses(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """Weighted L_seg + L_mask + L_view + L_region of a batch from ``training.map_windows.collate_windows``:
+        label (N,) base-class targets (-1 ignored), region_point / region_id (P,) pairs putting points in caption
+        regions, mask_target (R, D) region caption embeddings, view_target (B, D) view caption embeddings."""
         features = self.forward(batch)
-        seg = segmentation_ce(self.classifier(features, self.base_text), batch["label"])
-        regions = batch["instance"]
-        num_regions = batch["mask_target"].shape[0]
+        seg = segmentation_ce(self.classifier(features, self.base_text), batch["label"], self.class_weights)
+        points, regions, captions = batch["region_point"], batch["region_id"], batch["mask_target"]
         mask = region = features.sum() * 0.0
-        if num_regions and step >= self.cfg.mask_warmup_steps:
-            members = F.one_hot(regions.clamp_min(0), num_regions).bool() & (regions >= 0)[:, None]
-            pooled, count = mask_pool(features, members)
+        if len(points) and step >= self.cfg.mask_warmup_steps:
+            pooled = torch.zeros_like(captions).index_add_(0, regions, features[points])
+            count = torch.bincount(regions, minlength=len(captions))
             present = count > 0
-            mask = mask_alignment_loss(pooled[present], batch["mask_target"][present])
-            region = region_contrastive_loss(features, regions, batch["mask_target"], self.classifier)
+            mask = mask_alignment_loss(pooled[present] / count[present, None], captions[present])
+            region = region_contrastive_loss(features[points], regions, captions, self.classifier)
         view = view_alignment_loss(batch_mean(features, offset_to_batch(batch["offset"]), len(batch["offset"])),
                                    batch["view_target"])
         loss = (self.cfg.seg_weight * seg + self.cfg.mask_weight * mask + self.cfg.view_weight * view
@@ -93,12 +98,9 @@ class OpenVocab3D(nn.Module):
 
 def region_contrastive_loss(features: torch.Tensor, regions: torch.Tensor, captions: torch.Tensor,
                             classifier: TextClassifier) -> torch.Tensor:
-    """Points (N, D) of region ``regions[i]`` (-1 = none) classified among the distinct caption embeddings
-    (R, D): cross-entropy against their own region's caption. Identical captions (two regions both "a chair in a
-    scene") are merged first, so no target competes with a copy of itself. Zero when no point has a region."""
-    inside = regions >= 0
-    if not bool(inside.any()):
-        return features.sum() * 0.0
+    """Point features (P, D), each in region ``regions`` (P,), classified among the distinct caption embeddings
+    (R, D): cross-entropy against their own region's caption. Identical captions are merged first, so no target
+    competes with a copy of itself."""
     distinct, caption_of_region = torch.unique(captions, dim=0, return_inverse=True)
-    logits = classifier(features[inside], distinct.detach())
-    return F.cross_entropy(logits, caption_of_region[regions[inside]])
+    logits = classifier(features, distinct.detach())
+    return F.cross_entropy(logits, caption_of_region[regions])

@@ -5,14 +5,15 @@ from dataclasses import dataclass, field
 
 from ov3dseg_core.models.open_vocab3d import OpenVocab3DConfig
 from ov3dseg_core.training.trainer import TrainerConfig
-from ov3dseg_core.training.views import ViewSampleConfig
+from ov3dseg_core.training.map_windows import MapWindowConfig
 
 
 @dataclass
 class TrainDataConfig:
     """Training and held-out scenes: dataset paths (any format ``open_scene`` reads) and/or simulated scenes.
 
-    Simulated scenes ``sim_seed_start .. sim_seed_start + sim_scenes - 1`` (and the held-out ones) are generated
+    Simulated scenes ``sim_seed_start .. sim_seed_start + sim_scenes - 1`` (and the validation and held-out ones;
+    the three seed ranges must not overlap) are generated
     with ``ov3dseg sim``'s generator on first use and cached as dataset folders under ``cache_dir``.
     """
 
@@ -20,7 +21,9 @@ class TrainDataConfig:
     heldout_dirs: list[str] = field(default_factory=list)
     sim_seed_start: int = 0
     sim_scenes: int = 0
-    heldout_seed_start: int = 100_000
+    val_seed_start: int = 50_000      # validation scenes: tuning and query calibration, never trained on
+    val_scenes: int = 0
+    heldout_seed_start: int = 100_000  # held-out scenes: reported once, never tuned on
     heldout_scenes: int = 0
     sim_frames: int = 16
     sim_width: int = 640              # simulated camera image size, pixels
@@ -33,6 +36,7 @@ class TrainConfig:
     split: str = "sim_b15n4"
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     model: OpenVocab3DConfig = field(default_factory=OpenVocab3DConfig)
-    views: ViewSampleConfig = field(default_factory=ViewSampleConfig)
+    windows: MapWindowConfig = field(default_factory=MapWindowConfig)
+    class_weight_power: float = 0.5   # L_seg class weights: base-class voxel frequency ** -power (0 = unweighted)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     out_dir: str = "out/train"

@@ -47,6 +47,10 @@ def training_scenes(cfg: TrainDataConfig) -> list[Scene]:
     return _load(cfg.scene_dirs, range(cfg.sim_seed_start, cfg.sim_seed_start + cfg.sim_scenes), cfg, "training")
 
 
+def validation_scenes(cfg: TrainDataConfig) -> list[Scene]:
+    return _load([], range(cfg.val_seed_start, cfg.val_seed_start + cfg.val_scenes), cfg, "validation")
+
+
 def heldout_scenes(cfg: TrainDataConfig) -> list[Scene]:
     seeds = range(cfg.heldout_seed_start, cfg.heldout_seed_start + cfg.heldout_scenes)
     return _load(cfg.heldout_dirs, seeds, cfg, "held-out")

@@ -11,7 +11,7 @@ from ov3dseg_core.models.open_vocab3d import OpenVocab3D, OpenVocab3DConfig
 from ov3dseg_core.models.text import apply_template
 from ov3dseg_core.training.checkpoint import Checkpoint, export_half, save_checkpoint
 from ov3dseg_core.training.config import TrainConfig
-from ov3dseg_core.training.views import ViewSampleConfig, ViewWindowDataset, collate_views
+from ov3dseg_core.training.map_windows import MapWindowConfig, MapWindowDataset, collate_windows, fuse_training_scene
 
 SPLIT = load_split("sim_b15n4")
 SMALL = {"type": "SpUNet14A", "base_channels": 8, "channels": [8, 16, 16, 16, 16, 16, 16, 16]}
@@ -19,9 +19,9 @@ SMALL = {"type": "SpUNet14A", "base_channels": 8, "channels": [8, 16, 16, 16, 16
 
 @pytest.fixture(scope="module")
 def batch(small_scene, minilm):
-    ds = ViewWindowDataset([small_scene], SPLIT.base, minilm.encode,
-                           ViewSampleConfig(window=2, pixel_stride=2, augment=False))
-    return collate_views([ds[0]])
+    ds = MapWindowDataset([fuse_training_scene(small_scene, 0.05)], SPLIT.base, minilm.encode,
+                          MapWindowConfig(augment=False, whole_room_prob=1.0, max_voxels=6000))
+    return collate_windows([ds[0]])
 
 
 def _model(minilm, **kw):
@@ -88,10 +88,26 @@ def test_region_contrastive_loss_hand_computed():
 
     classifier = TextClassifier(init_temperature=1.0)  # scale 1: logits are plain cosines
     captions = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # regions 0 and 2 share a caption
-    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
-    regions = torch.tensor([0, 1, 2, -1])
-    loss = region_contrastive_loss(features, regions, captions, classifier)
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    loss = region_contrastive_loss(features, torch.tensor([0, 1, 2]), captions, classifier)
     # three points, each with cosine 1 to its caption and 0 to the other distinct caption
     expected = -torch.log(torch.exp(torch.tensor(1.0)) / (torch.exp(torch.tensor(1.0)) + 1.0))
     assert torch.isclose(loss, expected)
-    assert float(region_contrastive_loss(features, torch.full((4,), -1), captions, classifier)) == 0.0
+    wrong = region_contrastive_loss(features, torch.tensor([1, 0, 1]), captions, classifier)
+    assert float(wrong) > float(loss) + 0.5
+
+
+def test_class_weights_reach_the_segmentation_loss(batch, minilm):
+    """Zero weight on every class present in the batch but one: L_seg is that class's CE alone."""
+    model = _model(minilm)
+    labels = batch["label"]
+    keep = int(labels[labels >= 0][0])
+    weights = torch.zeros(len(SPLIT.base))
+    weights[keep] = 1.0
+    weighted = OpenVocab3D(model.cfg, model.base_text, class_weights=weights)
+    weighted.load_state_dict(model.state_dict() | {"class_weights": weights})
+    seg = weighted.training_losses(batch, 0)["seg"]
+    logits = model.classifier(model(batch), model.base_text)
+    only = labels == keep
+    expected = torch.nn.functional.cross_entropy(logits[only], labels[only])
+    assert torch.isclose(seg, expected, atol=1e-5)
