@@ -35,7 +35,8 @@ SCRIPT = textwrap.dedent('''
     result = trainer.fit()
     losses = [row["loss"] for row in result.history]
     with open(f"{sys.argv[2]}.rank{trainer.rank}", "w") as f:
-        json.dump({"world": trainer.world, "step": result.step, "losses": losses}, f)
+        weights = {k: v.tolist() for k, v in trainer.model.state_dict().items()}
+        json.dump({"world": trainer.world, "step": result.step, "losses": losses, "weights": weights}, f)
 ''')
 
 
@@ -51,6 +52,8 @@ def test_two_process_ddp_training(tmp_path):
     assert all(r["world"] == 2 and r["step"] == 30 for r in ranks)
     losses = ranks[0]["losses"]  # each rank's own shard of the batches; rank 0 alone writes the CSV log
     assert len(ranks[1]["losses"]) == len(losses) == 3 and losses[-1] < losses[0]
+    assert ranks[0]["losses"] != ranks[1]["losses"]  # each rank trained on its own batches ...
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # ... and DDP's gradient averaging kept the weights equal
     ckpt = load_checkpoint(out / "last.safetensors")
     assert ckpt.step == 30 and set(ckpt.state_dict) == {"net.weight", "net.bias"}
     assert (out / "train_log.csv").exists() and torch.isfinite(ckpt.state_dict["net.weight"]).all()
