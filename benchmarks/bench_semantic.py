@@ -12,8 +12,9 @@ import time
 
 import torch
 
-from ov3dseg_core.mapping.query import query_features
-from ov3dseg_core.models.map_segmenter import MapSegmenter
+from ov3dseg_core.eval.query_calibration import read_calibration
+from ov3dseg_core.mapping.query import query_embeddings, query_features
+from ov3dseg_core.models.map_segmenter import MapSegmenter, resolve_checkpoint
 from ov3dseg_core.sim.world import SimConfig, generate_scene
 from ov3dseg_core.training.evaluation import fuse_scene
 
@@ -48,8 +49,9 @@ def main() -> None:
         med = statistics.median(times)
         print(f"| {radius if radius > 0 else 'whole map'} | {n:,} | {med:.0f} | {min(times):.0f} | "
               f"{n / med * 1e3:,.0f} |")
-    text = segmenter.embed(["sofa"])[0]
-    times = timed(lambda: query_features(voxel_map, text, 0, 0.65, label="sofa"), 20)
+    query, negatives = query_embeddings("sofa", segmenter.vocabulary, segmenter.embed, segmenter.text_encoder.encode)
+    calibration = read_calibration(resolve_checkpoint("default"))
+    times = timed(lambda: query_features(voxel_map, query, negatives, calibration, label="sofa"), 20)
     print(f"\n/query scoring + grouping on this map (text embedding cached): median {statistics.median(times):.1f} ms, "
           f"max {max(times):.1f} ms")
 

@@ -24,7 +24,7 @@ SEMANTIC_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb
 """Points of /ov3dseg/semantic_cloud: position (metres, map frame), PCL-packed colour, class id (-1 none),
 confidence of the class in [0, 1]."""
 QUERY_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("score", "<f4")])
-"""Points of a /query answer: position (metres, map frame) and cosine similarity."""
+"""Points of a /query answer: position (metres, map frame) and relevancy in [0, 1]."""
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -130,25 +130,27 @@ def query_cloud_points(positions: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def object_hit_msg(group) -> ObjectHit:
     """ov3dseg_ros/ObjectHit of an ov3dseg_core.mapping.query.ObjectGroup."""
-    c, s = np.asarray(group.center, dtype=float), np.asarray(group.size, dtype=float)
+    c, b, s = (np.asarray(v, dtype=float) for v in (group.center, group.box_center, group.size))
     return ObjectHit(label=str(group.label), score=float(group.score), mean_score=float(group.mean_score),
-                     center=Point(x=c[0], y=c[1], z=c[2]), size=Vector3(x=s[0], y=s[1], z=s[2]),
+                     confidence=float(group.confidence), center=Point(x=c[0], y=c[1], z=c[2]),
+                     box_center=Point(x=b[0], y=b[1], z=b[2]), size=Vector3(x=s[0], y=s[1], z=s[2]),
                      num_voxels=int(group.num_voxels))
 
 
 def hit_markers(hits: list[ObjectHit], stamp_ns: int, frame_id: str, namespace: str = "query") -> MarkerArray:
-    """MarkerArray for RViz: a DELETEALL, then per hit a translucent box and a text label above it."""
+    """MarkerArray for RViz: a DELETEALL, then per hit a translucent box (red to green with confidence) and a text
+    "label confidence" above it."""
     markers = [Marker(header=header(stamp_ns, frame_id), ns=namespace, action=Marker.DELETEALL)]
     for i, hit in enumerate(hits):
-        green = max(0.0, min(1.0, hit.score))
+        green = max(0.0, min(1.0, hit.confidence))
         box = Marker(header=header(stamp_ns, frame_id), ns=namespace, id=2 * i, type=Marker.CUBE,
-                     action=Marker.ADD, pose=Pose(position=hit.center, orientation=Quaternion(w=1.0)),
+                     action=Marker.ADD, pose=Pose(position=hit.box_center, orientation=Quaternion(w=1.0)),
                      scale=Vector3(x=max(hit.size.x, 1e-3), y=max(hit.size.y, 1e-3), z=max(hit.size.z, 1e-3)),
                      color=ColorRGBA(r=1.0 - green, g=green, b=0.2, a=0.4))
-        top = Point(x=hit.center.x, y=hit.center.y, z=hit.center.z + hit.size.z / 2 + 0.1)
+        top = Point(x=hit.box_center.x, y=hit.box_center.y, z=hit.box_center.z + hit.size.z / 2 + 0.1)
         text = Marker(header=header(stamp_ns, frame_id), ns=namespace, id=2 * i + 1,
                       type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
                       pose=Pose(position=top, orientation=Quaternion(w=1.0)), scale=Vector3(z=0.1),
-                      color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0), text=f"{hit.label} {hit.score:.2f}")
+                      color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0), text=f"{hit.label} {hit.confidence:.2f}")
         markers += [box, text]
     return MarkerArray(markers=markers)

@@ -31,9 +31,12 @@ from ov3dseg_core.geometry.camera import PinholeCamera, depth_to_metres
 from ov3dseg_core.geometry.lidar import clean_points
 from ov3dseg_core.geometry.tf_buffer import TfBuffer, TransformError
 from ov3dseg_core.geometry.transforms import transform_points
-from ov3dseg_core.mapping.query import QueryError, query_features, query_labels, validate_query
+from ov3dseg_core.eval.query_calibration import read_calibration
+from ov3dseg_core.mapping.query import (FEATURE_CALIBRATION, LABEL_CALIBRATIONS, QueryCalibration, QueryError,
+                                        QueryResult, query_embeddings, query_features, query_labels, validate_query)
 from ov3dseg_core.mapping.map_file import MapFileError, load_map
 from ov3dseg_core.mapping.voxel_map import VoxelMap, VoxelMapConfig
+from ov3dseg_core.models.map_segmenter import resolve_checkpoint
 from ov3dseg_core.msgs import MessageFormatError
 from ov3dseg_core.msgs.image import image_to_numpy
 from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_xyz
@@ -77,9 +80,13 @@ class MappingNode(Node):
         cfg = self.config
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.semantic: SemanticStage | None = None
+        self.query_calibration: QueryCalibration = (
+            FEATURE_CALIBRATION if cfg.feature_dim else LABEL_CALIBRATIONS.get(cfg.text_encoder, FEATURE_CALIBRATION))
+        """Threshold and floor of the /query decision: the model checkpoint's, else built in (README, /query)."""
         if cfg.model:
             try:
                 segmenter = load_segmenter(cfg.model, cfg.device)
+                self.query_calibration = read_calibration(resolve_checkpoint(cfg.model))
             except (OSError, ValueError) as exc:
                 super().destroy_node()
                 raise ParameterError(f"{NODE_NAME}: parameter 'model': {exc}") from None
@@ -477,32 +484,38 @@ class MappingNode(Node):
             text = validate_query(request.text, request.top_k, request.threshold)
         except QueryError as exc:
             return False, str(exc)
-        voxel_map = self.voxel_map
+        voxel_map, cfg = self.voxel_map, self.config
         try:
             encoder = self.text_encoder()
         except TimeoutError as exc:
             return False, f"{exc}; try again"
         except Exception as exc:
-            return False, f"text encoder {self.config.text_encoder!r} failed to load: {exc}"
+            return False, f"text encoder {cfg.text_encoder!r} failed to load: {exc}"
         if encoder is None:
             return False, "no text encoder configured (parameter text_encoder is empty)"
         _, embed, label_embeddings = self._encoder.result()
-        embedding = embed([text])[0]
+        threshold, min_voxels = request.threshold or cfg.query_threshold, cfg.query_min_voxels
         if voxel_map.config.feature_dim > 0:
             if voxel_map.config.feature_dim != encoder.dim:
                 return False, (f"map features are {voxel_map.config.feature_dim}-d but text encoder "
                                f"{encoder.name!r} gives {encoder.dim}-d embeddings")
-            result = query_features(voxel_map, embedding, request.top_k, request.threshold, label=text)
+            vocabulary = cfg.vocabulary or (self.semantic.segmenter.vocabulary if self.semantic else cfg.label_names)
+            query, negatives = query_embeddings(text, vocabulary, embed, encoder.encode)
+            result = query_features(voxel_map, query, negatives, self.query_calibration, threshold, request.top_k,
+                                    min_voxels, label=text)
         elif label_embeddings is not None:
-            result = query_labels(voxel_map, embedding, label_embeddings, self.config.label_names,
-                                  request.top_k, request.threshold)
+            query, negatives = query_embeddings(text, cfg.label_names, embed, encoder.encode)
+            result = query_labels(voxel_map, query, negatives, label_embeddings, cfg.label_names,
+                                  self.query_calibration, threshold, request.top_k, min_voxels)
         else:
             return False, "the map has neither features nor label names (parameter label_names) to match text to"
         response.cloud = pointcloud2_msg(query_cloud_points(result.positions, result.scores), self._last_stamp_ns,
-                                         self.config.map_frame)
+                                         cfg.map_frame)
         response.hits = [object_hit_msg(group) for group in result.objects]
-        self.marker_pub.publish(hit_markers(response.hits, self._last_stamp_ns, self.config.map_frame))
-        return True, f"{len(result.scores)} voxels in {len(response.hits)} objects match {text!r}"
+        response.found, response.threshold_used, response.max_score = \
+            result.found, result.threshold, result.max_score
+        self.marker_pub.publish(hit_markers(response.hits, self._last_stamp_ns, cfg.map_frame))
+        return True, answer_summary(text, result, min_voxels)
 
     def _map_path(self, path: str) -> str:
         path = path or self.config.map_file
@@ -550,6 +563,17 @@ class MappingNode(Node):
         self._map_version += 1
         response.success, response.message = True, f"cleared {count} voxels"
         return response
+
+
+def answer_summary(text: str, result: QueryResult, min_voxels: int) -> str:
+    """One line: found or not, the best object (where, how sure), or how close the best voxel came."""
+    if not result.found:
+        return (f"{text!r} not found: no group of >= {min_voxels} voxels with relevancy >= {result.threshold:.2f} "
+                f"(best voxel {result.max_score:.2f})")
+    best = result.objects[0]
+    where = ", ".join(f"{v:.2f}" for v in best.center)
+    return (f"found {text!r}: {len(result.objects)} objects; best {best.label!r} at ({where}) m, confidence "
+            f"{best.confidence:.2f}, {best.num_voxels} voxels")
 
 
 def main(args: list[str] | None = None) -> int:

@@ -17,6 +17,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.validate_full_topic_name import validate_full_topic_name
 
+from ov3dseg_core.mapping.query import DEFAULT_MIN_VOXELS
+
 NODE_NAME = "ov3dseg_mapper"
 
 
@@ -92,8 +94,16 @@ class MapperConfig:
                               "frame", lo=0.0, hi=100.0)
     model_window_radius: float = _p(4.0, "radius of the local window around the camera that a model pass covers, "
                                     "metres", lo=0.1, hi=1000.0)
-    vocabulary: list[str] = _p([], "class names that label the semantic cloud from per-voxel features (empty: the "
-                               "model's training vocabulary)", constraints="unique, non-empty names")
+    vocabulary: list[str] = _p([], "class names that label the semantic cloud from per-voxel features and that a "
+                               "/query on features must beat (empty: the model's training vocabulary)",
+                               constraints="unique, non-empty names")
+    query_threshold: float = _p(0.0, "relevancy threshold of a /query that sends threshold 0 (relevancy 0.5 = the "
+                                "query ties its hardest negative); 0 = the calibrated default (the model "
+                                "checkpoint's, else the text encoder's built-in one)", lo=0.0, hi=1.0,
+                                read_only=False)
+    query_min_voxels: int = _p(DEFAULT_MIN_VOXELS, "smallest object a /query reports, in voxels (smaller groups of "
+                               "matching voxels are noise); found = at least one such object", lo=1,
+                               hi=1_000_000, read_only=False)
 
     def validate(self) -> "MapperConfig":
         """Check the rules that ranges cannot express; raises ParameterError naming the parameter."""

@@ -28,8 +28,9 @@ class QueryClient:
     def wait_for_service(self, timeout_s: float) -> bool:
         return self.client.wait_for_service(timeout_sec=timeout_s)
 
-    def call(self, text: str, top_k: int = 0, threshold: float = 0.7, timeout_s: float = 60.0) -> Query.Response:
-        """Send one query; TimeoutError when no answer arrives within ``timeout_s``."""
+    def call(self, text: str, top_k: int = 0, threshold: float = 0.0, timeout_s: float = 60.0) -> Query.Response:
+        """Send one query (threshold 0 = the node's calibrated default); TimeoutError when no answer arrives within
+        ``timeout_s``."""
         future = self.client.call_async(Query.Request(text=text, top_k=top_k, threshold=threshold))
         self.executor.spin_until_future_complete(future, timeout_sec=timeout_s)
         if not future.done():
@@ -54,15 +55,18 @@ def hit_points(response: Query.Response) -> np.ndarray:
 
 
 def format_response(text: str, response: Query.Response) -> str:
-    """A short human-readable answer: the message, then one line per object hit."""
+    """A short human-readable answer: found or not (with the threshold used), then one line per object: where
+    (a point on it), how sure (confidence), its size."""
     if not response.success:
         return f"query {text!r} failed: {response.message}"
-    lines = [response.message]
+    verdict = "found" if response.found else "not found"
+    lines = [f"{text!r}: {verdict} (relevancy threshold {response.threshold_used:.2f}, best voxel "
+             f"{response.max_score:.2f}) - {response.message}"]
     for i, hit in enumerate(response.hits):
         c, s = hit.center, hit.size
-        lines.append(f"{i + 1:3d}. {hit.label:<20} score {hit.score:.3f} (mean {hit.mean_score:.3f}) "
-                     f"{hit.num_voxels:6d} voxels  centre ({c.x:.2f}, {c.y:.2f}, {c.z:.2f}) m  "
-                     f"size {s.x:.2f} x {s.y:.2f} x {s.z:.2f} m")
+        lines.append(f"{i + 1:3d}. {hit.label:<20} confidence {hit.confidence:.2f} at ({c.x:.2f}, {c.y:.2f}, "
+                     f"{c.z:.2f}) m  size {s.x:.2f} x {s.y:.2f} x {s.z:.2f} m  {hit.num_voxels:6d} voxels  "
+                     f"relevancy max {hit.score:.2f} mean {hit.mean_score:.2f}")
     return "\n".join(lines)
 
 

@@ -147,7 +147,7 @@ def _wait_for(condition, what: str, timeout_s: float = DISCOVERY_TIMEOUT_S) -> N
 def replay_bag(bag_path: str | Path, params: dict[str, Any] | None = None, oracle: bool = False,
                deterministic: bool = True, rate: float | None = None, save_map: str | None = None,
                params_files: list[str | Path] | None = None, progress: bool = True,
-               domain_id: int | None = None, queries: Sequence[str] = (), query_threshold: float = 0.7,
+               domain_id: int | None = None, queries: Sequence[str] = (), query_threshold: float = 0.0,
                ) -> ReplayResult:
     """Replay ``bag_path`` through a fresh node graph in this process and return what it built.
 
@@ -155,7 +155,8 @@ def replay_bag(bag_path: str | Path, params: dict[str, Any] | None = None, oracl
     bag's ground-truth labels (/ground_truth/semantic/image_raw) as the label input, with the names from
     /ground_truth/label_names; rate: real-time factor (None = as fast as possible); save_map: write the map there
     at the end; domain_id: ROS domain of the replay's own context (default: ROS_DOMAIN_ID); queries: texts sent to
-    /query after the replay (answers in ReplayResult.queries; without queries no text encoder is loaded).
+    /query after the replay with ``query_threshold`` (0 = the node's calibrated default; answers in
+    ReplayResult.queries; without queries no text encoder is loaded).
     ReplayError for an unusable bag.
     """
     bag_path = Path(bag_path)

@@ -14,6 +14,10 @@ whose text embedding is nearest.
 Writes DIR/report.json (keys: miou, macc, fmiou, fmacc, per_class_iou, per_class_acc, num_points, coverage,
 voxel_size and, with --split, split, base_miou, novel_miou, hiou), DIR/report.md, DIR/per_class_iou.png,
 DIR/confusion.png and the evaluated map DIR/map.safetensors; prints the markdown table.
+For a bag, the replayed node is also asked the default /query (threshold 0) for every class name of the split
+(else of the ground truth), and report.json gets the query benchmark (ov3dseg_core.eval.query_benchmark):
+"query": {"per_class": {class: {present, found, top1_correct, num_objects, score, confidence}}, "present_recall",
+"absent_false_alarm", "top1_precision"}, also in report.md.
 --params is a mapping-node parameter file (flat, or ``ov3dseg_mapper: ros__parameters: ...``): bags get all of it,
 the offline path uses voxel_size, max_voxels, depth_min_range, depth_max_range and depth_stride.
 """
@@ -33,6 +37,7 @@ from tqdm import tqdm
 
 from ov3dseg_core.config import from_dict
 from ov3dseg_core.eval.evaluate import EvalReport, evaluate_map
+from ov3dseg_core.eval.query_benchmark import class_record, markdown_query, query_report
 from ov3dseg_core.eval.report import markdown_table, write_report
 from ov3dseg_core.eval.splits import Split, SplitError, load_split
 
@@ -120,8 +125,9 @@ def read_bag_ground_truth(bag_path: Path) -> tuple[np.ndarray, np.ndarray, list[
 
 
 def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path,
-                 model: str = "default") -> EvalReport:
-    """Replay the bag through the node graph (deterministically), then evaluate the saved map."""
+                 model: str = "default") -> tuple[EvalReport, dict[str, Any]]:
+    """Replay the bag through the node graph (deterministically), ask the default /query for every class, then
+    evaluate the saved map; returns the report and the query benchmark section."""
     from ov3dseg_core.mapping.voxel_map import VoxelMap
     try:
         from ov3dseg_ros.replay import ReplayError, replay_bag
@@ -135,18 +141,32 @@ def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Sp
     segmenter = None if oracle else _segmenter(model)
     if segmenter is not None:
         params = {**params, "model": model}
+    classes = split.evaluated if split is not None else names
     try:
         result = replay_bag(bag_path, params=params, oracle=oracle, deterministic=True,
-                            save_map=str(out_dir / MAP_FILE))
+                            save_map=str(out_dir / MAP_FILE), queries=classes)
     except ReplayError as exc:
         raise EvalInputError(str(exc)) from None
     voxel_map = VoxelMap.load(result.map_path)
+    query = query_report({text: _query_record(response, points[labels == names.index(text)] if text in names
+                                              else points[:0], voxel_map.voxel_size)
+                          for text, response in result.queries})
     if segmenter is not None:
         from ov3dseg_core.training.evaluation import evaluate_features
-        return evaluate_features(segmenter, voxel_map, points, labels, names, split)
+        return evaluate_features(segmenter, voxel_map, points, labels, names, split), query
     map_names = voxel_map.label_names or list(result.label_names)
     return evaluate_map(voxel_map, points, labels, names, split=split,
-                        map_label_names=None if map_names == names else map_names)
+                        map_label_names=None if map_names == names else map_names), query
+
+
+def _query_record(response, class_points: np.ndarray, voxel_size: float) -> dict[str, Any]:
+    """The query benchmark entry of one ov3dseg_ros/srv/Query response; EvalInputError when the query failed."""
+    if not response.success:
+        raise EvalInputError(f"/query failed: {response.message}")
+    best = response.hits[0] if response.hits else None
+    center = None if best is None else (best.center.x, best.center.y, best.center.z)
+    return class_record(class_points, response.found, center, len(response.hits), response.max_score,
+                        None if best is None else best.confidence, voxel_size)
 
 
 def _segmenter(model: str):
@@ -205,14 +225,21 @@ def main(args: argparse.Namespace) -> int:
         if not args.input.exists():
             raise EvalInputError(f"{args.input} does not exist")
         args.out.mkdir(parents=True, exist_ok=True)
+        query = None
         if is_bag(args.input):
-            report = evaluate_bag(args.input, params, args.oracle, split, args.out, args.model)
+            report, query = evaluate_bag(args.input, params, args.oracle, split, args.out, args.model)
         else:
             report = evaluate_dataset(args.input, params, args.oracle, split, args.out, args.frame_stride,
                                       args.model)
     except (EvalInputError, SplitError) as exc:
         print(f"ov3dseg eval: {exc}", file=sys.stderr)
         return 2
-    write_report(report, args.out)
+    paths = write_report(report, args.out)
     print(markdown_table(report), end="")
+    if query is not None:
+        summary = json.loads(paths["json"].read_text(encoding="utf-8"))
+        paths["json"].write_text(json.dumps({**summary, "query": query}, indent=2) + "\n", encoding="utf-8")
+        with open(paths["markdown"], "a", encoding="utf-8") as f:
+            f.write(markdown_query(query))
+        print(markdown_query(query), end="")
     return 0

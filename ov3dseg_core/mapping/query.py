@@ -1,12 +1,26 @@
-"""Text queries against a voxel map: request validation, per-voxel scores, selection and grouping into objects.
+"""Text queries against a voxel map that decide: is the thing here, where, and how sure.
 
-Scores are cosine similarities in [-1, 1]. A query keeps the voxels scoring >= threshold, then the top_k best
-(top_k = 0 keeps all), and groups them into 26-connected components of voxels ("objects").
+The decision rule (``decide``) is the same for maps with per-voxel features and for label-only maps, whose voxels
+are represented by the embedding of their label's name:
+
+1. **Negatives** (``negative_names``): the canonical phrases ``CANONICAL_NEGATIVES`` plus the map's vocabulary (the
+   model's classes, or the label names), without the query text itself and, when the query is not itself a
+   vocabulary name, without the near-synonyms of the query (bare-name text cosine >= ``SYNONYM_COSINE``), so that
+   "couch" is not penalised by "sofa" while "curtain" still competes with "shower curtain".
+2. **Relevancy** (LERF): ``min_i softmax(tau [cos(f, q), cos(f, n_i)])_0 = sigmoid(tau (cos(f, q) - max_i cos(f,
+   n_i)))`` with ``tau = RELEVANCY_TEMPERATURE``; 0.5 means the query ties its hardest negative.
+3. A voxel **matches** when its raw cosine cos(f, q) >= ``floor`` (the absolute floor: relevancy alone always finds
+   *something*; below it a voxel's relevancy counts as 0) and its relevancy >= ``threshold``. Both come from a
+   ``QueryCalibration`` per model / text encoder (stored in the model checkpoint); a request may override the
+   threshold.
+4. **Objects**: matching voxels connected with gaps of up to ``MERGE_GAP_VOXELS`` voxels (so the parts of one thing
+   merge; on label-only maps only voxels of the same label connect), with at least ``min_voxels`` voxels, ranked by
+   ``confidence = mean relevancy x (1 - exp(-voxels / SUPPORT_VOXELS))``. **found** = at least one object.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,27 +31,79 @@ from ov3dseg_core.mapping.voxel_map import KEY_LIMIT, VoxelMap, key_offsets, pac
 
 MAX_QUERY_CHARS = 256
 """Longest accepted query text, in characters after stripping white space."""
-
-_NEIGHBOUR_OFFSETS = key_offsets(torch.tensor([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1)
-                                                for dz in (-1, 0, 1) if (dx, dy, dz) > (0, 0, 0)])).numpy()
-"""Packed-key offsets of the 13 lexicographically positive 26-neighbours (each neighbour pair is found once)."""
+CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
+"""LERF's canonical phrases: every query must beat them as well as the map's vocabulary."""
+RELEVANCY_TEMPERATURE = 10.0
+"""tau of the relevancy softmax (LERF's value); it sets how fast relevancy saturates, not where 0.5 lies."""
+SYNONYM_COSINE = 0.7
+"""Bare-name text cosine (MiniLM) at and above which a vocabulary name counts as a synonym of a query that is not
+itself in the vocabulary. Measured: couch/sofa 0.86, fridge/refrigerator 0.96, tub/bathtub 0.88, seat/chair 0.77;
+distinct ScanNet-20 classes 0.14-0.67 (median 0.34), except curtain/shower curtain 0.85, hence the vocabulary rule."""
+DEFAULT_MIN_VOXELS = 10
+"""Smallest object, in voxels (the node's ``query_min_voxels`` default; 10 voxels of 5 cm = a 25 cm^2 patch)."""
+MERGE_GAP_VOXELS = 1
+"""Matching voxels up to this many empty voxels apart belong to one object (a chair's legs and seat)."""
+SUPPORT_VOXELS = 100.0
+"""Voxels at which an object's support term 1 - exp(-n / SUPPORT_VOXELS) reaches 0.63 (100 voxels of 5 cm: a
+0.25 m^2 patch). Chosen on the validation scenes: ranking by support more than by relevancy raised top-1."""
 
 
 class QueryError(ValueError):
     """A query that cannot be answered as asked (bad text, limits, embeddings or map)."""
 
 
+@dataclass(frozen=True)
+class QueryCalibration:
+    """The two numbers of the decision rule for one model / text encoder."""
+
+    threshold: float
+    """Default relevancy threshold in (0, 1] (used when a request sends 0)."""
+    floor: float
+    """Absolute floor on the raw cosine cos(f, q) in [-1, 1]."""
+    source: str = ""
+    """Where the numbers come from (e.g. "calibrated on sim seeds 50000-50007", "built-in default")."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, (int, float)) and 0.0 < self.threshold <= 1.0):
+            raise ValueError(f"query calibration threshold must be in (0, 1], got {self.threshold!r}")
+        if not (isinstance(self.floor, (int, float)) and -1.0 <= self.floor <= 1.0):
+            raise ValueError(f"query calibration floor must be in [-1, 1], got {self.floor!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> "QueryCalibration":
+        """From a checkpoint's ``extra["query"]`` (keys threshold, floor, optional calibrated_on); ValueError."""
+        try:
+            return cls(float(data["threshold"]), float(data["floor"]), str(data.get("calibrated_on", source)))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"query calibration needs numbers 'threshold' and 'floor', got {data!r}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FEATURE_CALIBRATION = QueryCalibration(0.5, -1.0, "built-in default: the query must beat its hardest negative")
+"""Used for feature maps whose model checkpoint carries no calibration (``ov3dseg calibrate-query`` adds one)."""
+LABEL_CALIBRATIONS = {"minilm": QueryCalibration(0.5, 0.5, "built-in for MiniLM label names")}
+"""Label-only maps, per text encoder type. MiniLM floor 0.5: distinct ScanNet-20 class names score 0.14-0.67
+(95 % below 0.52) against each other, synonyms 0.7-0.96; other encoders: FEATURE_CALIBRATION."""
+
+
 @dataclass
 class ObjectGroup:
-    """A 26-connected group of matching voxels."""
+    """Matching voxels that form one object."""
 
     label: str
-    """The query's label (feature queries) or the voxels' label name (label queries)."""
+    """The query text (feature maps) or the voxels' label name (label-only maps)."""
     score: float
-    """Best voxel score in the group."""
+    """Best voxel relevancy in the group, in [0, 1]."""
     mean_score: float
+    """Mean voxel relevancy."""
+    confidence: float
+    """mean_score x (1 - exp(-num_voxels / SUPPORT_VOXELS)), in [0, 1]; objects are ranked by it."""
     center: np.ndarray
-    """(3,) float64 centre of the group's axis-aligned voxel box, metres, map frame."""
+    """(3,) float64 a point on the object, metres, map frame: centre of its voxel nearest to the voxels' mean."""
+    box_center: np.ndarray
+    """(3,) float64 centre of the group's axis-aligned voxel box, metres."""
     size: np.ndarray
     """(3,) float64 extent of that box in metres (one voxel = voxel_size)."""
     num_voxels: int
@@ -45,22 +111,30 @@ class ObjectGroup:
 
 @dataclass
 class QueryResult:
-    """Matching voxels, best first, and their groups, best first."""
+    """The answer: matching voxels of the objects (best first, at most top_k) and the objects (best first)."""
 
     indices: np.ndarray
     """(K,) int64 voxel indices into the map's accessor order at query time."""
     scores: np.ndarray
-    """(K,) float32 cosine similarity."""
+    """(K,) float32 relevancy."""
     positions: np.ndarray
     """(K, 3) float32 mean voxel positions, metres, map frame."""
     objects: list[ObjectGroup]
+    threshold: float
+    """The relevancy threshold used."""
+    max_score: float
+    """Highest relevancy of any voxel in the map, matching or not (0 when no voxel reaches the floor)."""
+
+    @property
+    def found(self) -> bool:
+        return bool(self.objects)
 
 
 def validate_query(text, top_k, threshold) -> str:
     """The stripped query text, or QueryError naming the problem.
 
     text: str, or bytes decoded strictly as UTF-8; 1..MAX_QUERY_CHARS characters after stripping.
-    top_k: integer >= 0. threshold: number in [-1, 1].
+    top_k: integer >= 0. threshold: relevancy in [0, 1] (0 = the calibrated default).
     """
     if isinstance(text, (bytes, bytearray)):
         try:
@@ -82,71 +156,123 @@ def validate_query(text, top_k, threshold) -> str:
     return text
 
 
-def query_features(voxel_map: VoxelMap, text_embedding, top_k: int = 0, threshold: float = 0.0, label: str = "",
-                   min_voxels: int = 1) -> QueryResult:
-    """Voxels whose fused feature is most similar to ``text_embedding`` (D,) (normalised here).
+def negative_names(query: str, vocabulary: Sequence[str], encode: Callable[[list[str]], Any]) -> list[str]:
+    """The names ``query`` must beat: CANONICAL_NEGATIVES + ``vocabulary`` without duplicates and without the query
+    (case-insensitive); when the query is not a vocabulary name, also without its near-synonyms.
 
-    Objects are labelled ``label`` (the query text); groups with fewer than ``min_voxels`` voxels are dropped.
+    encode: texts -> (N, D) embeddings of the bare names (no prompt template), e.g. ``TextEncoder.encode``.
     """
+    key = query.strip().lower()
+    names = list(dict.fromkeys(n for n in (*CANONICAL_NEGATIVES, *vocabulary) if n.strip().lower() != key))
+    if not names or key in {v.strip().lower() for v in vocabulary}:
+        return names
+    embedded = _unit_rows(encode([query, *names]), "name embeddings")
+    return [n for n, cosine in zip(names, embedded[1:] @ embedded[0]) if cosine < SYNONYM_COSINE]
+
+
+def query_embeddings(text: str, vocabulary: Sequence[str], embed: Callable[[list[str]], Any],
+                     encode: Callable[[list[str]], Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(query (D,), negatives (K, D)) float32 embeddings of ``text`` and of its ``negative_names``.
+
+    embed: texts -> (N, D) embeddings in the space the map is scored in (with the prompt template); encode: the
+    bare-name encoder for the synonym test.
+    """
+    table = _array(embed([text, *negative_names(text, vocabulary, encode)]))
+    return table[0], table[1:]
+
+
+def relevancy(query_cosine: np.ndarray, hardest_negative: np.ndarray) -> np.ndarray:
+    """(M,) LERF relevancy sigmoid(tau (cos(f, q) - max_i cos(f, n_i))) from (M,) query and hardest-negative
+    cosines; 0 where the query cosine is -inf (no feature / no label) or the hardest negative +inf (not scored),
+    1 when there are no negatives (-inf)."""
+    q = np.asarray(query_cosine, dtype=np.float64)
+    margin = np.full(q.shape, -np.inf)
+    np.subtract(q, np.asarray(hardest_negative, dtype=np.float64), out=margin, where=np.isfinite(q))
+    return (0.5 * (1.0 + np.tanh(0.5 * RELEVANCY_TEMPERATURE * margin))).astype(np.float32)
+
+
+def decide(query_cosine: np.ndarray, hardest_negative: np.ndarray, calibration: QueryCalibration,
+           threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The per-voxel decision: (relevancy (M,) float32, 0 where cos(f, q) < floor; matches (M,) bool = relevancy
+    >= threshold). threshold 0 = ``calibration.threshold`` (always > 0)."""
+    query_cosine = np.asarray(query_cosine)
+    score = np.zeros(query_cosine.shape, np.float32)
+    above = np.flatnonzero(query_cosine >= calibration.floor)
+    score[above] = relevancy(query_cosine[above], np.asarray(hardest_negative)[above])
+    return score, score >= (threshold or calibration.threshold)
+
+
+def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, calibration: QueryCalibration,
+                   threshold: float = 0.0, top_k: int = 0, min_voxels: int = DEFAULT_MIN_VOXELS,
+                   label: str = "") -> QueryResult:
+    """Answer a query from per-voxel features: query_embedding (D,) and negative_embeddings (K, D) (the
+    embeddings of ``negative_names``, with the model's prompt template; normalised here). Objects are labelled
+    ``label`` (the query text). threshold 0 = the calibrated default; top_k limits the returned voxels (0 = all)."""
     _check_limits(top_k, threshold)
     dim = voxel_map.config.feature_dim
     if dim == 0:
         raise QueryError("the map stores no features (feature_dim=0); use query_labels")
-    text = _unit_rows(text_embedding, "text embedding").reshape(-1)
-    if text.size != dim:
-        raise QueryError(f"text embedding has {text.size} values, the map's features have {dim}")
-    with voxel_map.lock:
-        scores = voxel_map.feature_similarity(text)
-        chosen = select_voxels(scores, top_k, threshold)
-        keys, positions = voxel_map.keys(chosen), voxel_map.positions(chosen)
-    objects = group_voxels(keys, scores[chosen], voxel_map.voxel_size, default_label=label, min_voxels=min_voxels)
-    return QueryResult(chosen, scores[chosen], positions, objects)
+    table = _query_table(query_embedding, negative_embeddings, dim)
+    with voxel_map.lock:  # negatives only for the voxels at or above the floor (the others cannot match)
+        query_cosine = voxel_map.feature_similarity(table[0])
+        candidates = np.flatnonzero(query_cosine >= calibration.floor)
+        hardest = np.full(len(query_cosine), np.inf, np.float32)
+        hardest[candidates] = _hardest(voxel_map.feature_similarity(table[1:], candidates))
+        score, matches = decide(query_cosine, hardest, calibration, threshold)
+        return _answer(voxel_map, score, matches, threshold or calibration.threshold, top_k, min_voxels,
+                       default_label=label)
 
 
-def query_labels(voxel_map: VoxelMap, text_embedding, label_embeddings, label_names: Sequence[str], top_k: int = 0,
-                 threshold: float = 0.0, min_voxels: int = 1) -> QueryResult:
-    """Query a label-only map: a voxel's score is cosine(text, embedding of its argmax label's name).
+def query_labels(voxel_map: VoxelMap, query_embedding, negative_embeddings, label_embeddings,
+                 label_names: Sequence[str], calibration: QueryCalibration, threshold: float = 0.0, top_k: int = 0,
+                 min_voxels: int = DEFAULT_MIN_VOXELS) -> QueryResult:
+    """Answer a query on a label-only map: each voxel is represented by the embedding of its argmax label's name.
 
-    label_embeddings: (L, D) embeddings of ``label_names`` (L = the map's num_labels), e.g. from the same text
-    encoder as ``text_embedding`` (D,), so that "couch" finds voxels labelled "sofa". Voxels without a label never
-    match. Groups connect voxels of the same label only and carry that label's name.
+    label_embeddings: (L, D) embeddings of ``label_names`` (L = the map's num_labels) in the space of
+    query_embedding (D,) and negative_embeddings (K, D). Unlabelled voxels never match. Objects connect voxels of
+    one label and carry its name ("couch" -> objects named "sofa").
     """
     _check_limits(top_k, threshold)
     names = list(label_names)
     num_labels = voxel_map.config.num_labels
     if num_labels == 0:
         raise QueryError("the map stores no labels (num_labels=0)")
-    text = _unit_rows(text_embedding, "text embedding").reshape(-1)
-    table = _unit_rows(label_embeddings, "label embeddings")
-    if len(names) != num_labels or table.shape != (num_labels, text.size):
-        raise QueryError(f"need {num_labels} label names and ({num_labels}, {text.size}) label embeddings, got "
-                         f"{len(names)} names and {table.shape}")
-    label_scores = (table @ text).astype(np.float32)
+    labels_table = _unit_rows(label_embeddings, "label embeddings")
+    table = _query_table(query_embedding, negative_embeddings, labels_table.shape[1])
+    if len(names) != num_labels or labels_table.shape[0] != num_labels:
+        raise QueryError(f"need {num_labels} label names and label embeddings, got {len(names)} names and "
+                         f"{labels_table.shape[0]} embeddings")
+    per_label = labels_table @ table.T  # (L, 1 + K)
+    label_query = np.append(per_label[:, 0], -np.inf)  # index -1 (unlabelled) -> -inf
+    label_hardest = np.append(_hardest(per_label[:, 1:]), -np.inf)
     with voxel_map.lock:
         labels, _ = voxel_map.labels()
-        scores = np.where(labels >= 0, label_scores[np.maximum(labels, 0)], -np.inf).astype(np.float32)
-        chosen = select_voxels(scores, top_k, threshold)
-        keys, positions = voxel_map.keys(chosen), voxel_map.positions(chosen)
-    objects = group_voxels(keys, scores[chosen], voxel_map.voxel_size, labels=labels[chosen], label_names=names,
-                           min_voxels=min_voxels)
-    return QueryResult(chosen, scores[chosen], positions, objects)
+        score, matches = decide(label_query[labels], label_hardest[labels], calibration, threshold)
+        return _answer(voxel_map, score, matches, threshold or calibration.threshold, top_k, min_voxels, labels,
+                       names)
 
 
-def select_voxels(scores: np.ndarray, top_k: int, threshold: float) -> np.ndarray:
-    """(K,) int64 indices of ``scores`` (M,) that are >= threshold, the top_k best of them (0 = all), best first."""
-    candidates = np.flatnonzero(scores >= threshold)
-    if top_k and candidates.size > top_k:
-        candidates = candidates[np.argpartition(-scores[candidates], top_k - 1)[:top_k]]
-    return candidates[np.argsort(-scores[candidates], kind="stable")]
+def _answer(voxel_map: VoxelMap, score: np.ndarray, matches: np.ndarray, threshold: float, top_k: int,
+            min_voxels: int, labels: np.ndarray | None = None, label_names: Sequence[str] | None = None,
+            default_label: str = "") -> QueryResult:
+    """The QueryResult of a decision (score, matches: (M,) over the map's voxels); call with the map's lock held."""
+    chosen = np.flatnonzero(matches)
+    objects, rank = group_voxels(voxel_map.keys(chosen), score[chosen], voxel_map.voxel_size,
+                                 None if labels is None else labels[chosen], label_names, default_label, min_voxels)
+    members = chosen[rank >= 0]  # the kept objects' voxels, best relevancy first
+    members = members[np.argsort(-score[members], kind="stable")][:top_k or None]
+    return QueryResult(members, score[members], voxel_map.positions(members), objects, float(threshold),
+                       float(score.max(initial=0.0)))
 
 
 def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequence[str] | None = None,
-                 default_label: str = "", min_voxels: int = 1) -> list[ObjectGroup]:
-    """Group voxels into 26-connected components, best group (highest max score, then most voxels) first.
+                 default_label: str = "", min_voxels: int = 1) -> tuple[list[ObjectGroup], np.ndarray]:
+    """Group voxels into objects: voxels at most MERGE_GAP_VOXELS + 1 apart along every axis connect (with
+    ``labels``, only voxels of one label), groups of fewer than ``min_voxels`` are dropped.
 
-    keys: (K, 3) int voxel indices; scores: (K,) float. labels: optional (K,) int ids; when given only voxels with
-    the same label connect, and each group is named ``label_names[id]`` (or ``str(id)``); otherwise ``default_label``.
-    Groups with fewer than ``min_voxels`` voxels are dropped.
+    keys: (K, 3) int voxel indices; scores: (K,) relevancy in [0, 1]; labels: optional (K,) int ids naming each
+    group ``label_names[id]`` (or ``str(id)``), else ``default_label``. Returns the groups ranked by confidence
+    (then max score, then size) and (K,) int64 the rank of each voxel's group (-1 = dropped).
     """
     keys = np.asarray(keys)
     scores = np.asarray(scores, dtype=np.float64)
@@ -155,9 +281,55 @@ def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequ
         raise ValueError(f"group_voxels needs (K, 3) keys, (K,) scores and labels; got {keys.shape}, "
                          f"{scores.shape}, {None if labels is None else np.shape(labels)}")
     if k == 0:
-        return []
+        return [], np.zeros(0, np.int64)
     if np.abs(keys).max() > KEY_LIMIT:
         raise ValueError(f"voxel indices beyond +-{KEY_LIMIT}")
+    component = _components(keys, None if labels is None else np.asarray(labels))
+
+    by_group = np.argsort(component, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(component[by_group]) != 0])
+    group_keys, group_scores = keys[by_group].astype(np.int64), scores[by_group]
+    counts = np.diff(np.r_[starts, k])
+    key_min = np.minimum.reduceat(group_keys, starts, axis=0)
+    key_max = np.maximum.reduceat(group_keys, starts, axis=0)
+    best = np.maximum.reduceat(group_scores, starts)
+    mean = np.add.reduceat(group_scores, starts) / counts
+    confidence = mean * (1.0 - np.exp(-counts / SUPPORT_VOXELS))
+    on_object = group_keys[_nearest_to_mean(group_keys, starts, counts)]
+    first = by_group[starts]
+
+    rank = np.full(len(starts), -1, np.int64)
+    groups = []
+    for g in np.lexsort((-counts, -best, -confidence)):
+        if counts[g] < min_voxels:
+            continue
+        rank[g] = len(groups)
+        if labels is None:
+            name = default_label
+        else:
+            label_id = int(labels[first[g]])
+            name = label_names[label_id] if label_names is not None else str(label_id)
+        groups.append(ObjectGroup(label=name, score=float(best[g]), mean_score=float(mean[g]),
+                                  confidence=float(confidence[g]), center=(on_object[g] + 0.5) * voxel_size,
+                                  box_center=(key_min[g] + key_max[g] + 1) * 0.5 * voxel_size,
+                                  size=(key_max[g] - key_min[g] + 1) * float(voxel_size), num_voxels=int(counts[g])))
+    voxel_rank = np.empty(k, np.int64)
+    voxel_rank[by_group] = np.repeat(rank, counts)
+    return groups, voxel_rank
+
+
+_REACH = MERGE_GAP_VOXELS + 1
+_NEIGHBOUR_OFFSETS = key_offsets(torch.tensor([(dx, dy, dz) for dx in range(-_REACH, _REACH + 1)
+                                                for dy in range(-_REACH, _REACH + 1)
+                                                for dz in range(-_REACH, _REACH + 1)
+                                                if (dx, dy, dz) > (0, 0, 0)])).numpy()
+"""Packed-key offsets of the lexicographically positive neighbours within _REACH voxels along every axis (each
+neighbour pair is found once)."""
+
+
+def _components(keys: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """(K,) component id of each voxel: voxels within _REACH along every axis (and of equal label) connect."""
+    k = len(keys)
     packed = pack_keys(torch.from_numpy(keys.astype(np.int32))).numpy()
     order = np.argsort(packed)
     ordered = packed[order]
@@ -170,51 +342,48 @@ def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequ
         dst.append(order[at[hit]])
     src, dst = np.concatenate(src), np.concatenate(dst)
     if labels is not None:
-        labels = np.asarray(labels)
         same = labels[src] == labels[dst]
         src, dst = src[same], dst[same]
     graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(k, k))
-    _, component = connected_components(graph, directed=False)
+    return connected_components(graph, directed=False)[1]
 
-    by_group = np.argsort(component, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(component[by_group]) != 0])
-    group_keys, group_scores = keys[by_group].astype(np.int64), scores[by_group]
-    key_min = np.minimum.reduceat(group_keys, starts, axis=0)
-    key_max = np.maximum.reduceat(group_keys, starts, axis=0)
-    best = np.maximum.reduceat(group_scores, starts)
-    counts = np.diff(np.r_[starts, k])
-    mean = np.add.reduceat(group_scores, starts) / counts
-    first = by_group[starts]
-    groups = []
-    for g in np.lexsort((-counts, -best)):
-        if counts[g] < min_voxels:
-            continue
-        if labels is None:
-            name = default_label
-        else:
-            label_id = int(labels[first[g]])
-            name = label_names[label_id] if label_names is not None else str(label_id)
-        groups.append(ObjectGroup(label=name, score=float(best[g]), mean_score=float(mean[g]),
-                                  center=(key_min[g] + key_max[g] + 1) * 0.5 * voxel_size,
-                                  size=(key_max[g] - key_min[g] + 1) * float(voxel_size),
-                                  num_voxels=int(counts[g])))
-    return groups
+
+def _nearest_to_mean(group_keys: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per group (rows grouped contiguously from ``starts``), the row index of the key nearest to the group mean."""
+    group = np.repeat(np.arange(len(starts)), counts)
+    mean = np.add.reduceat(group_keys, starts, axis=0) / counts[:, None]
+    distance = ((group_keys - mean[group]) ** 2).sum(axis=1)
+    order = np.lexsort((distance, group))
+    return order[starts]
+
+
+def _hardest(negative_cosine: np.ndarray) -> np.ndarray:
+    """(M,) max over the columns of (M, K) negative cosines; -inf when K = 0."""
+    return np.max(negative_cosine, axis=1, initial=-np.inf)
+
+
+def _query_table(query_embedding, negative_embeddings, dim: int) -> np.ndarray:
+    """(1 + K, dim) unit rows: the query, then the negatives; QueryError for wrong sizes."""
+    query = _unit_rows(query_embedding, "query embedding").reshape(1, -1)
+    negatives = _array(negative_embeddings).reshape(-1, query.shape[1])
+    table = np.vstack([query, _unit_rows(negatives, "negative embeddings")]) if len(negatives) else query
+    if table.shape[1] != dim:
+        raise QueryError(f"text embeddings have {table.shape[1]} values, the map's embeddings have {dim}")
+    return table
 
 
 def _check_limits(top_k, threshold) -> None:
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-        raise QueryError(f"top_k must be an integer >= 0 (0 = all above threshold), got {top_k!r}")
+        raise QueryError(f"top_k must be an integer >= 0 (0 = all matching voxels), got {top_k!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
-            or not -1.0 <= float(threshold) <= 1.0:
-        raise QueryError(f"threshold must be a number in [-1, 1], got {threshold!r}")
+            or not 0.0 <= float(threshold) <= 1.0:
+        raise QueryError(f"threshold must be a relevancy in [0, 1] (0 = the calibrated default), got {threshold!r}")
 
 
 def _unit_rows(embedding, what: str) -> np.ndarray:
     """Embedding(s) as float32 with each row (or the vector) scaled to unit length; QueryError when impossible."""
-    if isinstance(embedding, torch.Tensor):
-        embedding = embedding.detach().cpu().numpy()
-    e = np.asarray(embedding, dtype=np.float32)
-    if e.ndim == 2 and e.shape[0] == 1 and what == "text embedding":
+    e = _array(embedding)
+    if e.ndim == 2 and e.shape[0] == 1 and what == "query embedding":
         e = e[0]
     if e.ndim not in (1, 2) or e.size == 0:
         raise QueryError(f"{what} must be a vector or a matrix of rows, got shape {e.shape}")
@@ -222,3 +391,10 @@ def _unit_rows(embedding, what: str) -> np.ndarray:
     if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise QueryError(f"{what} must be finite and non-zero")
     return e / norms
+
+
+def _array(values) -> np.ndarray:
+    """float32 NumPy array of a tensor (any device) or array-like."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)

@@ -50,7 +50,7 @@ def render_semantic_map(path: str | Path, positions: np.ndarray, rgb: np.ndarray
 
 def render_query(path: str | Path, positions: np.ndarray, hit_positions: np.ndarray, hit_scores: np.ndarray,
                  boxes: Sequence[tuple[np.ndarray, np.ndarray]], text: str, max_height: float = 2.0) -> Path:
-    """The map in grey with the voxels matching ``text`` coloured by score and the object boxes (centre, size)
+    """The map in grey with the voxels matching ``text`` coloured by relevancy and the object boxes (centre, size)
     outlined, top-down; PNG at ``path``."""
     fig = Figure(figsize=(7.5, 6.5), dpi=110)
     FigureCanvasAgg(fig)
@@ -59,7 +59,7 @@ def render_query(path: str | Path, positions: np.ndarray, hit_positions: np.ndar
     if len(hit_positions):
         sc = ax.scatter(hit_positions[:, 0], hit_positions[:, 1], c=hit_scores, cmap="autumn_r", s=5, marker="s",
                         linewidths=0)
-        fig.colorbar(sc, ax=ax, label="cosine similarity")
+        fig.colorbar(sc, ax=ax, label="relevancy")
     for centre, size in boxes:
         ax.add_patch(Rectangle((centre[0] - size[0] / 2, centre[1] - size[1] / 2), size[0], size[1], fill=False,
                                edgecolor="black", linewidth=1.2))

@@ -325,27 +325,36 @@ class VoxelMap:
         """(M,) float32 summed weight of the fused features (0 = no feature observed)."""
         return self._gather("feature_weight", indices)
 
-    def feature_similarity(self, embedding) -> np.ndarray:
-        """(M,) float32 cosine similarity of each voxel's feature with ``embedding`` (D,); -inf where no feature.
+    def feature_similarity(self, embedding, indices=None) -> np.ndarray:
+        """Cosine similarity of each voxel's feature with ``embedding``: (D,) -> (M,), or (K, D) -> (M, K) float32;
+        -inf where a voxel has no feature. ``indices``: optional (C,) voxel indices to score only those (M = C).
 
-        One float16 matrix-vector product over the stored features (float32 accumulation in torch; no (M, D) copy,
-        memory-bound: about 2 bytes x D read per voxel); accurate to about 3e-4.
+        One float16 matrix product over the stored features (float32 accumulation in torch; no (M, D) copy of the
+        whole map, memory-bound: about 2 bytes x D read per voxel); accurate to about 3e-4.
         """
         if self.config.feature_dim == 0:
             raise ValueError("this map stores no features (feature_dim=0)")
-        e = torch.as_tensor(embedding, dtype=torch.float32, device=self.device).reshape(-1)
-        if e.numel() != self.config.feature_dim:
-            raise ValueError(f"embedding has {e.numel()} values, the map's features have {self.config.feature_dim}")
-        norm = torch.linalg.vector_norm(e)
-        if not bool(torch.isfinite(norm)) or float(norm) == 0:
+        e = torch.as_tensor(embedding, dtype=torch.float32, device=self.device)
+        single = e.dim() <= 1
+        e = e.reshape(1, -1) if single else e
+        if e.dim() != 2 or e.shape[1] != self.config.feature_dim:
+            raise ValueError(f"embedding has shape {tuple(e.shape)}, the map's features have "
+                             f"{self.config.feature_dim} values")
+        norm = torch.linalg.vector_norm(e, dim=1, keepdim=True)
+        if not bool(torch.isfinite(norm).all()) or bool((norm == 0).any()):
             raise ValueError("embedding must be finite and non-zero")
         e = (e / norm).to(torch.float16)
         with self.lock:
-            used = self._used
-            dots = torch.mv(self._slots["feature"][:used], e).float()[self._index_slots]
-            fnorm = self._slots["feature_norm"][self._index_slots]
+            if indices is None:
+                slots = self._index_slots
+                dots = torch.mm(self._slots["feature"][:self._used], e.t()).float()[slots]
+            else:
+                slots = self._index_slots[self._positions_of(indices)]
+                dots = torch.mm(self._slots["feature"].index_select(0, slots), e.t()).float()
+            fnorm = self._slots["feature_norm"][slots, None]
         cosine = (dots / fnorm.clamp_min(1e-30)).clamp_(-1.0, 1.0)
-        return _numpy(torch.where(fnorm > 0, cosine, torch.full_like(cosine, -torch.inf)))
+        cosine = torch.where(fnorm > 0, cosine, torch.full_like(cosine, -torch.inf))
+        return _numpy(cosine[:, 0] if single else cosine)
 
     def memory_bytes(self) -> int:
         """Bytes held by the voxel storage and index (allocated capacity, all devices)."""

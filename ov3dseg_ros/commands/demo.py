@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--room-type", default="living_room", help="room type of the simulated scene")
     parser.add_argument("--frames", type=int, default=24, help="camera frames in the scene")
     parser.add_argument("--query", action="append", dest="queries", help="query text (repeatable)")
-    parser.add_argument("--threshold", type=float, default=0.65, help="query cosine-similarity threshold")
+    parser.add_argument("--threshold", type=float, default=0.0,
+                        help="query relevancy threshold in [0, 1]; 0 (default) = the model's calibrated default")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,17 +73,17 @@ def main(args: argparse.Namespace) -> int:
     positions = voxel_map.positions()
     answers = {}
     for text, response in result.queries:
-        hits = [{"label": h.label, "score": round(float(h.score), 3), "voxels": int(h.num_voxels),
-                 "center": [round(h.center.x, 2), round(h.center.y, 2), round(h.center.z, 2)],
+        hits = [{"label": h.label, "confidence": round(float(h.confidence), 3), "score": round(float(h.score), 3),
+                 "voxels": int(h.num_voxels), "center": [round(v, 2) for v in (h.center.x, h.center.y, h.center.z)],
+                 "box_center": [round(v, 2) for v in (h.box_center.x, h.box_center.y, h.box_center.z)],
                  "size": [round(h.size.x, 2), round(h.size.y, 2), round(h.size.z, 2)]} for h in response.hits]
-        answers[text] = {"success": response.success, "message": response.message, "objects": hits}
-        novel = " (novel)" if text in split.novel else ""
-        best = f"; best object at {hits[0]['center']} m, score {hits[0]['score']}" if hits else ""
-        print(f"      {text!r}{novel}: {response.message}{best}")
+        answers[text] = {"success": response.success, "found": response.found, "message": response.message,
+                         "threshold_used": round(float(response.threshold_used), 3),
+                         "max_score": round(float(response.max_score), 3), "objects": hits}
+        print(f"      {query_line(text, response, text in split.novel)}")
         cloud = _cloud_points(response.cloud)
         render_query(out / f"query_{text.replace(' ', '_')}.png", positions, cloud[:, :3], cloud[:, 3],
-                     [(np.array([h["center"][0], h["center"][1]]), np.array([h["size"][0], h["size"][1]]))
-                      for h in hits], text)
+                     [(np.array(h["box_center"][:2]), np.array(h["size"][:2])) for h in hits], text)
 
     print("[4/5] evaluating the map against the scene's ground truth")
     points, labels, names = read_bag_ground_truth(bag)
@@ -101,6 +102,19 @@ def main(args: argparse.Namespace) -> int:
                         title=f"{args.room_type} (seed {args.seed}), model {checkpoint.name}", novel=split.novel)
     print(f"      {out}/semantic_map.png, {out}/query_*.png, {out}/report.json")
     return 0
+
+
+def query_line(text: str, response, novel: bool = False) -> str:
+    """One line per query: found or not, where the best object is, how sure."""
+    name = f"{text!r}{' (novel)' if novel else ''}"
+    if not response.success:
+        return f"{name}: failed: {response.message}"
+    if not response.found:
+        return (f"{name}: not found (best voxel relevancy {response.max_score:.2f}, threshold "
+                f"{response.threshold_used:.2f})")
+    best = response.hits[0]
+    return (f"{name}: found, {len(response.hits)} objects; best at ({best.center.x:.2f}, {best.center.y:.2f}, "
+            f"{best.center.z:.2f}) m, confidence {best.confidence:.2f}, {best.num_voxels} voxels")
 
 
 def _cloud_points(msg) -> np.ndarray:

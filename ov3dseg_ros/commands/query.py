@@ -12,8 +12,8 @@ from ov3dseg_ros.query_client import QueryClient, format_response, write_hits_pl
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", help="what to look for, e.g. 'chair'")
     parser.add_argument("--top-k", type=int, default=0, help="keep at most K voxels, best first (0 = all)")
-    parser.add_argument("--threshold", type=float, default=0.7,
-                        help="minimum cosine similarity in [-1, 1] (default %(default)s suits MiniLM label matching)")
+    parser.add_argument("--threshold", type=float, default=0.0,
+                        help="relevancy threshold in [0, 1]; 0 (default) = the node's calibrated default")
     parser.add_argument("--out", metavar="FILE.ply", help="write the matching voxels (x, y, z, score) as PLY")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the service and answer")
 

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not wait for each frame to be integrated (results then depend on machine speed)")
     parser.add_argument("--query", action="append", default=[], metavar="TEXT",
                         help="after the replay, ask /query for TEXT and print the hits; repeatable")
-    parser.add_argument("--threshold", type=float, default=0.7, help="similarity threshold of --query")
+    parser.add_argument("--threshold", type=float, default=0.0,
+                        help="relevancy threshold of --query in [0, 1]; 0 (default) = the node's calibrated default")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -94,6 +94,12 @@ def test_feature_running_average_in_float16():
     text = np.array([0.0, 1.0, 1.0, 0.0])
     expected = f @ text / (np.linalg.norm(f) * np.linalg.norm(text))
     assert vmap.feature_similarity(text)[0] == pytest.approx(expected, abs=2e-3)
+    texts = np.array([text, [0.0, 0.0, 3.0, 0.0], -text])  # several embeddings at once: (M, K)
+    matrix = vmap.feature_similarity(texts)
+    assert matrix.shape == (1, 3)
+    np.testing.assert_allclose(matrix[0], [expected, f[2] / np.linalg.norm(f), -expected], atol=2e-3)
+    with pytest.raises(ValueError, match="shape"):
+        vmap.feature_similarity(np.ones((2, 3)))
 
 
 def test_integrate_features_creates_geometry_free_voxels():

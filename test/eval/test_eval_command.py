@@ -118,3 +118,14 @@ def test_bag_replayed_with_oracle_labels_gives_perfect_scores(tmp_path, monkeypa
     data = json.loads((out / "report.json").read_text())
     assert data["miou"] == 1.0 and data["hiou"] == 1.0 and data["coverage"] == 1.0
     assert data["num_points"] == len(points)
+    # The default /query of every split class through the node: wall and sofa found where they are, nothing else.
+    query = data["query"]
+    assert len(query["per_class"]) == 19
+    assert query["present_recall"] == 1.0 and query["absent_false_alarm"] == 0.0 and query["top1_precision"] == 1.0
+    sofa = query["per_class"]["sofa"]
+    assert sofa["present"] and sofa["found"] and sofa["top1_correct"] and sofa["num_objects"] == 1
+    assert sofa["score"] > 0.5 and 0.0 < sofa["confidence"] <= 1.0
+    assert query["per_class"]["bathtub"] == {"present": False, "found": False, "top1_correct": None,
+                                             "num_objects": 0, "score": query["per_class"]["bathtub"]["score"],
+                                             "confidence": None}
+    assert "| sofa | yes | yes | yes | 1 |" in (out / "report.md").read_text()

@@ -39,11 +39,15 @@ def test_stage_features_answer_queries_before_label_names(ros_context):
         assert status.has_features and graph.mapper.timings.summary()["features"]["count"] == 1
         with QueryClient(ros_context) as client:
             assert client.wait_for_service(10.0)
-            response = client.call("couch", threshold=0.7)
-        assert response.success, response.message
+            response = client.call("couch")  # the default request
+            fridge_answer, absent = client.call("fridge"), client.call("bathtub")
+        assert response.success and response.found, response.message
         assert [h.label for h in response.hits] == ["couch"]  # feature queries name groups after the query
         points = hit_points(response)
         assert len(points) > 50 and np.all(points["y"] < 2.0)  # the wall-labelled half carries sofa features
+        assert response.hits[0].center.y < 2.0 and response.hits[0].num_voxels == len(points)
+        assert fridge_answer.found and hit_points(fridge_answer)["y"].min() > 2.0  # the sofa-labelled half
+        assert absent.success and not absent.found and list(absent.hits) == []
     finally:
         graph.shutdown()
 

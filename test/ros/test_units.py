@@ -122,12 +122,15 @@ def test_transform_from_msg_hand_computed():
 
 
 def test_hit_markers_clear_then_draw_a_box_and_a_label_per_hit():
-    hits = [ObjectHit(label="sofa", score=0.9, center=Point(x=1.0, y=2.0, z=0.5), size=Vector3(x=0.5, y=1.0, z=0.2))]
+    hits = [ObjectHit(label="sofa", score=0.9, confidence=0.75, center=Point(x=1.0, y=2.2, z=0.3),
+                      box_center=Point(x=1.0, y=2.0, z=0.5), size=Vector3(x=0.5, y=1.0, z=0.2))]
     markers = hit_markers(hits, 10, "map").markers
     assert [m.action for m in markers] == [Marker.DELETEALL, Marker.ADD, Marker.ADD]
     box, text = markers[1:]
     assert box.type == Marker.CUBE and (box.scale.x, box.scale.y, box.scale.z) == (0.5, 1.0, 0.2)
-    assert text.type == Marker.TEXT_VIEW_FACING and text.text == "sofa 0.90"
+    assert (box.pose.position.y, box.pose.position.z) == (2.0, 0.5)  # the box, not the point on the object
+    assert (box.color.r, box.color.g) == pytest.approx((0.25, 0.75))  # green with confidence
+    assert text.type == Marker.TEXT_VIEW_FACING and text.text == "sofa 0.75"
     assert text.pose.position.z == pytest.approx(0.5 + 0.1 + 0.1)
 
 
