@@ -130,9 +130,11 @@ def test_mosaic3d_encoder_has_the_papers_43_7m_parameters():
     spec = SPUNET_PRESETS["SpUNet34C"]
     expected = expected_parameters(3, 768, spec["channels"], spec["layers"], stem_k=3,
                                    norm=lambda c: 5 * 2 * c + 256 * 2 * c + 2 * c)
-    count = sum(p.numel() for p in Mosaic3DSpUNet34C().parameters())
+    model = Mosaic3DSpUNet34C()
+    count = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embedding_table."))
     assert count == expected == 43_685_664
     assert round(count / 1e6, 1) == 43.7
+    assert model.embedding_table.weight.shape == (5, 256)  # PPT's context table, beside the encoder in Mosaic3D
     plain = SpUNet(3, 768, stem_kernel_size=3, final_bias=False, **spec)  # Mosaic3D's spunet34c.yaml without PPT
     assert sum(p.numel() for p in plain.parameters()) == expected_parameters(3, 768, stem_k=3, final_bias=False, **spec)
 

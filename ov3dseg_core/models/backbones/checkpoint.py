@@ -8,19 +8,31 @@ in v1m3):
     backbone.enc.0.block0.conv1.weight     (Pointcept, single GPU)                       -> enc.0.block0.conv1.weight
     net.dec.3.block0.proj.0.weight         (Mosaic3D Lightning module, v1m1)             -> dec.3.block0.proj.0.weight
     net.backbone.down.0.bn.bns.1.weight    (Mosaic3D / Pointcept PPT, v1m3)              -> down.0.bn.bns.1.weight
+    net.embedding_table.weight             (PPT's context table, beside its backbone)      -> embedding_table.weight
     final.weight / final.bias              (Pointcept with num_classes > 0; Mosaic3D v1m1 has no bias)
 
 Keys outside the backbone (segmentation heads, optimiser state) are reported as ``ignored``. Weights are spconv 2.x
-layout (out, k, k, k, in), as both projects save them.
+layout (out, k, k, k, in), as both projects save them, except the 1x1 convs: Pointcept's are spconv's own
+(``pointwise_layout="in_out"``), Mosaic3D's ``Custom1x1Subm3d`` reads the same tensor transposed
+(``pointwise_layout="out_in"``, converted on load; see ``layouts.py``).
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from ov3dseg_core.models.backbones import tensor_pickle
+from ov3dseg_core.models.backbones.layouts import out_in_pointwise_to_spconv, pointwise_weight_keys
+
+POINTWISE_LAYOUTS = ("in_out", "out_in")
+PPT_KEYS = ("embedding_table.weight",)
+"""Model keys that PPT checkpoints keep beside the backbone (``<wrapper>.embedding_table.weight``)."""
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or holds no SpUNet weights."""
@@ -36,16 +48,22 @@ class CheckpointReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    transposed: list[str] = field(default_factory=list)
+    skipped_objects: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
 
-def read_state_dict(path: str | Path, weights_only: bool = True) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.pth``/``.ckpt``/``.safetensors`` file, unwrapped from ``state_dict``/``model`` entries.
+def read_checkpoint(path: str | Path, weights_only: bool = True) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Tensors of a ``.pth``/``.ckpt``/``.safetensors`` file, unwrapped from ``state_dict``/``model`` entries, and
+    the pickled objects skipped to get them.
 
-    ``weights_only=False`` unpickles arbitrary objects (Lightning checkpoints with pickled configs): trusted files only.
+    With ``weights_only`` a pickle that ``torch.load(weights_only=True)`` refuses (Lightning hyper-parameters,
+    NumPy scalars) is read by ``tensor_pickle``, which rebuilds the tensors and replaces every other object by an
+    inert stand-in; their class names come back as the second value. ``weights_only=False`` unpickles everything
+    (runs code the file names): trusted files only.
     """
     path = Path(path)
     if not path.is_file():
@@ -53,55 +71,102 @@ def read_state_dict(path: str | Path, weights_only: bool = True) -> dict[str, to
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return load_file(str(path)), []
     try:
-        data: Any = torch.load(path, map_location="cpu", weights_only=weights_only)
+        data, skipped = _torch_load(path, weights_only)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or ValueError depending on the file
-        hint = " (a Lightning checkpoint with pickled objects? pass weights_only=False for a trusted file)"
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}{hint if weights_only else ''}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
     if not isinstance(data, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a state dict")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, skipped
+
+
+def _torch_load(path: Path, weights_only: bool) -> tuple[Any, list[str]]:
+    """``torch.load`` on the CPU; with ``weights_only``, pickles it refuses go through ``tensor_pickle``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only), []
+    except pickle.UnpicklingError:
+        if not weights_only:
+            raise
+    return tensor_pickle.load_tensors(path)
+
+
+def read_state_dict(path: str | Path, weights_only: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of ``read_checkpoint``."""
+    return read_checkpoint(path, weights_only)[0]
 
 
 def load_pointcept_checkpoint(
-    model: nn.Module, path: str | Path, strict: bool = False, weights_only: bool = True
+    model: nn.Module,
+    path: str | Path,
+    strict: bool = False,
+    weights_only: bool = True,
+    pointwise_layout: str = "in_out",
 ) -> CheckpointReport:
-    """Copy a Pointcept/Mosaic3D SpUNet checkpoint into ``model`` (an ``SpUNet``); returns what matched.
+    """Copy a Pointcept/Mosaic3D SpUNet checkpoint file into ``model`` (an ``SpUNet``): ``read_checkpoint`` then
+    ``load_pointcept_state``."""
+    state, skipped = read_checkpoint(path, weights_only=weights_only)
+    report = load_pointcept_state(model, state, strict=strict, pointwise_layout=pointwise_layout, source=str(path))
+    report.skipped_objects = skipped
+    return report
 
-    Tensors whose shape differs from the model's (e.g. a final layer for another class count) are skipped and
-    listed in ``mismatched``. ``strict=True`` raises CheckpointError unless every key matched.
+
+def load_pointcept_state(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    strict: bool = False,
+    pointwise_layout: str = "in_out",
+    source: str = "checkpoint",
+) -> CheckpointReport:
+    """Copy a Pointcept/Mosaic3D SpUNet state dict into ``model``; returns what matched.
+
+    ``pointwise_layout``: "in_out" for Pointcept (and our own) checkpoints, "out_in" for Mosaic3D's, whose 1x1
+    weights are transposed into spconv's reading (listed in ``transposed``). Tensors whose shape differs from the
+    model's (e.g. a final layer for another class count) are skipped and listed in ``mismatched``.
+    ``strict=True`` raises CheckpointError (naming ``source``) unless every key matched.
     """
-    state = read_state_dict(path, weights_only=weights_only)
+    if pointwise_layout not in POINTWISE_LAYOUTS:
+        raise ValueError(f"pointwise_layout must be one of {POINTWISE_LAYOUTS}, got {pointwise_layout!r}")
     own = model.state_dict()
-    # The stem conv weight (the model's first conv_input weight): what precedes it in a checkpoint key is the prefix.
-    anchor = next(k for k in own if k.startswith("conv_input.") and k.endswith(".weight"))
-    anchors = [k for k in state if k.endswith(anchor) and (k == anchor or k[: -len(anchor)].endswith("."))]
-    if len(anchors) != 1:
-        raise CheckpointError(f"{path}: expected one '*{anchor}' key to locate the backbone, found {anchors}")
-    prefix = anchors[0][: -len(anchor)]
+    prefix = _backbone_prefix(state, own, source)
+    names = {key: key[len(prefix):] for key in state if key.startswith(prefix)}
+    wrapper = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else None
+    names.update({wrapper + key: key for key in PPT_KEYS if wrapper is not None and wrapper + key in state})
+    pointwise = set(pointwise_weight_keys(model)) if pointwise_layout == "out_in" else set()
     report = CheckpointReport(prefix=prefix)
     to_load = {}
     for key, tensor in state.items():
-        if not key.startswith(prefix):
+        name = names.get(key)
+        if name is None:
             report.ignored.append(key)
-            continue
-        name = key[len(prefix):]
-        if name not in own:
+        elif name not in own:
             report.unexpected.append(name)
         elif tuple(tensor.shape) != tuple(own[name].shape):
             report.mismatched.append((name, tuple(tensor.shape), tuple(own[name].shape)))
+        elif name in pointwise:
+            to_load[name] = out_in_pointwise_to_spconv(tensor)
+            report.transposed.append(name)
         else:
             to_load[name] = tensor
     report.missing = sorted(set(own) - set(to_load) - {m[0] for m in report.mismatched})
     report.loaded = sorted(to_load)
+    report.transposed.sort()
     if strict and not report.complete:
         raise CheckpointError(
-            f"{path} does not match the model: missing {report.missing}, unexpected {report.unexpected}, "
+            f"{source} does not match the model: missing {report.missing}, unexpected {report.unexpected}, "
             f"shape mismatches {report.mismatched}"
         )
     model.load_state_dict(to_load, strict=False)
     return report
+
+
+def _backbone_prefix(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], source: str) -> str:
+    """What precedes the model's first weight key (its stem conv) in the one checkpoint key ending with it."""
+    anchor = next(k for k in own if k.endswith(".weight"))
+    anchors = [k for k in state if k.endswith(anchor) and (k == anchor or k[: -len(anchor)].endswith("."))]
+    if len(anchors) != 1:
+        raise CheckpointError(f"{source}: expected one '*{anchor}' key to locate the backbone, found {anchors}")
+    return anchors[0][: -len(anchor)]

@@ -105,6 +105,32 @@ def offset_to_batch(offset: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts)
 
 
+def sparse_input(data: dict[str, torch.Tensor], in_channels: int, owner: str) -> tuple[spconv.SparseConvTensor, int]:
+    """Validated spconv input (and batch size B) from ``grid_coord`` (N, 3) int voxel indices >= 0, unique per batch
+    element, ``feat`` (N, in_channels) and ``offset`` (B,) cumulative counts; ``owner`` names the model in errors."""
+    missing = {"grid_coord", "feat", "offset"} - set(data)
+    if missing:
+        raise KeyError(f"{owner} input is missing {sorted(missing)}")
+    coord, feat, offset = data["grid_coord"], data["feat"], data["offset"]
+    n = coord.shape[0]
+    if coord.dim() != 2 or coord.shape[1] != 3 or coord.is_floating_point():
+        raise ValueError(f"grid_coord must be (N, 3) integer voxel indices, got {coord.dtype} {tuple(coord.shape)}")
+    if feat.shape != (n, in_channels):
+        raise ValueError(f"feat must be (N={n}, {in_channels}), got {tuple(feat.shape)}")
+    if offset.dim() != 1 or len(offset) == 0 or int(offset[-1]) != n or bool((torch.diff(offset) <= 0).any()):
+        raise ValueError(f"offset must be increasing cumulative counts ending at N={n}, got {offset.tolist()}")
+    if int(offset[0]) <= 0:
+        raise ValueError("every batch element needs at least one voxel")
+    if bool((coord < 0).any()):
+        raise ValueError("grid_coord must be >= 0 (shift coordinates by their minimum first)")
+    batch = offset_to_batch(offset)
+    indices = torch.cat((batch[:, None], coord.long()), dim=1).int()
+    if len(torch.unique(indices, dim=0)) != n:
+        raise ValueError("grid_coord has duplicate voxels within a batch element (voxelise first)")
+    spatial_shape = (coord.max(dim=0).values + SPATIAL_MARGIN).tolist()
+    return spconv.SparseConvTensor(feat, indices.contiguous(), spatial_shape, len(offset)), len(offset)
+
+
 @REGISTRY.register("backbone", "SpUNet-v1m1")
 class SpUNet(nn.Module):
     """Sparse residual U-Net (Pointcept SpUNet-v1m1).
@@ -192,7 +218,7 @@ class SpUNet(nn.Module):
         float; ``offset`` (B,) int64 cumulative point counts (batch b owns rows offset[b-1]:offset[b]).
         Output rows follow the input rows.
         """
-        x, batch_size = self._sparse_input(data)
+        x, batch_size = sparse_input(data, self.in_channels, type(self).__name__)
         x = self.conv_input(x)
         skips = [x]
         for down, enc in zip(self.down, self.enc):
@@ -208,29 +234,6 @@ class SpUNet(nn.Module):
         if not return_global:
             return features
         return features, batch_mean(bottleneck.features, bottleneck.indices[:, 0].long(), batch_size)
-
-    def _sparse_input(self, data: dict[str, torch.Tensor]) -> tuple[spconv.SparseConvTensor, int]:
-        missing = {"grid_coord", "feat", "offset"} - set(data)
-        if missing:
-            raise KeyError(f"{type(self).__name__} input is missing {sorted(missing)}")
-        coord, feat, offset = data["grid_coord"], data["feat"], data["offset"]
-        n = coord.shape[0]
-        if coord.dim() != 2 or coord.shape[1] != 3 or coord.is_floating_point():
-            raise ValueError(f"grid_coord must be (N, 3) integer voxel indices, got {coord.dtype} {tuple(coord.shape)}")
-        if feat.shape != (n, self.in_channels):
-            raise ValueError(f"feat must be (N={n}, {self.in_channels}), got {tuple(feat.shape)}")
-        if offset.dim() != 1 or len(offset) == 0 or int(offset[-1]) != n or bool((torch.diff(offset) <= 0).any()):
-            raise ValueError(f"offset must be increasing cumulative counts ending at N={n}, got {offset.tolist()}")
-        if int(offset[0]) <= 0:
-            raise ValueError("every batch element needs at least one voxel")
-        if bool((coord < 0).any()):
-            raise ValueError("grid_coord must be >= 0 (shift coordinates by their minimum first)")
-        batch = offset_to_batch(offset)
-        indices = torch.cat((batch[:, None], coord.long()), dim=1).int()
-        if len(torch.unique(indices, dim=0)) != n:
-            raise ValueError("grid_coord has duplicate voxels within a batch element (voxelise first)")
-        spatial_shape = (coord.max(dim=0).values + SPATIAL_MARGIN).tolist()
-        return spconv.SparseConvTensor(feat, indices.contiguous(), spatial_shape, len(offset)), len(offset)
 
 
 @dataclass
@@ -282,11 +285,14 @@ class SpUNetPDNorm(SpUNet):
 
     Args (beyond SpUNet's; Mosaic3D defaults): ``conditions`` dataset names, one BatchNorm set each;
     ``context_channels`` width of the context vector; ``norm_decouple`` per-condition norms; ``norm_adaptive``
-    context modulation (zero-initialised, so it starts as the identity); ``norm_affine`` BatchNorm affine.
+    context modulation (zero-initialised, so it starts as the identity); ``norm_affine`` BatchNorm affine;
+    ``context_table`` PPT's learned context, ``embedding_table`` (an nn.Embedding with one ``context_channels`` row
+    per condition, in ``conditions`` order: a checkpoint's rows follow its own condition list).
     Mosaic3D's stem is 3x3x3 and its final 1x1 conv has a bias.
 
     ``forward`` also reads ``data["condition"]`` (one of ``conditions``, for the whole batch) and, when adaptive,
-    ``data["context"]`` (1, context_channels) or (context_channels,), e.g. PPT's learned per-dataset embedding.
+    the context: ``data["context"]`` (1, context_channels) or (context_channels,) when given, else
+    ``embedding_table[condition]`` (PPT's ``context = embedding_table(condition index)``).
     """
 
     def __init__(
@@ -298,6 +304,7 @@ class SpUNetPDNorm(SpUNet):
         norm_decouple: bool = True,
         norm_adaptive: bool = True,
         norm_affine: bool = True,
+        context_table: bool = False,
         stem_kernel_size: int = 3,
         final_bias: bool = True,
         **kwargs,
@@ -317,6 +324,7 @@ class SpUNetPDNorm(SpUNet):
             affine=norm_affine,
         )
         super().__init__(in_channels, out_channels, stem_kernel_size=stem_kernel_size, final_bias=final_bias, **kwargs)
+        self.embedding_table = nn.Embedding(len(self.conditions), context_channels) if context_table else None
 
     def _norm(self, channels: int) -> nn.Module:
         return self._pd_norm(channels)
@@ -338,12 +346,15 @@ class SpUNetPDNorm(SpUNet):
         condition = data.get("condition")
         if condition not in self.conditions:
             raise ValueError(f"data['condition'] must be one of {self.conditions}, got {condition!r}")
+        index = self.conditions.index(condition)
         context = data.get("context")
+        if context is None and self.embedding_table is not None:
+            context = self.embedding_table.weight[index]
         if context is not None:
             context = context.reshape(1, -1)
             if context.shape[1] != self.context_channels:
                 raise ValueError(f"context must have {self.context_channels} values, got {context.shape[1]}")
-        self.norm_condition.index = self.conditions.index(condition)
+        self.norm_condition.index = index
         self.norm_condition.context = context
         try:
             return super().forward(data, return_global)
@@ -380,8 +391,17 @@ SPUNET_PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
 }
 """Widths and depths of MinkUNet14A / 18A / 34C (Pointcept mink_unet.py, Mosaic3D configs/model/net/spunet*.yaml)."""
 
-MOSAIC3D_CONDITIONS = ("ScanNet", "ARKitScenes", "ScanNet++", "Matterport3D", "Structured3D")
-"""The five source datasets of Mosaic3D-5.6M, one PPT condition each."""
+MOSAIC3D_CONDITION_SETS: dict[str, tuple[str, ...]] = {
+    "sc+ar+sc+++ma+st": ("ScanNet", "ARKitScenes", "Matterport3D", "Structured3D", "ScanNetPP"),
+    "sc+ar+sc+++ma": ("ScanNet", "ARKitScenes", "Matterport3D", "ScanNetPP"),
+    "sc+ar+sc++": ("ScanNet", "ARKitScenes", "ScanNetPP"),
+    "sc+ar": ("ScanNet", "ARKitScenes"),
+}
+"""PPT condition lists of Mosaic3D's multi-dataset trainings, by data config (Mosaic3D configs/data/<name>.yaml,
+``train_dataset.conditions``): the order of a checkpoint's per-condition norms and ``embedding_table`` rows."""
+
+MOSAIC3D_CONDITIONS = MOSAIC3D_CONDITION_SETS["sc+ar+sc+++ma+st"]
+"""The five source datasets of Mosaic3D-5.6M in the released model's order (ScanNet++ is named "ScanNetPP")."""
 
 
 def _preset(name: str):
@@ -400,8 +420,16 @@ SpUNet34C = _preset("SpUNet34C")
 
 @REGISTRY.register("backbone", "Mosaic3D-SpUNet34C")
 def Mosaic3DSpUNet34C(
-    in_channels: int = 3, out_channels: int = 768, conditions: Sequence[str] = MOSAIC3D_CONDITIONS, **kwargs
+    in_channels: int = 3,
+    out_channels: int = 768,
+    conditions: Sequence[str] = MOSAIC3D_CONDITIONS,
+    context_table: bool = True,
+    **kwargs,
 ) -> SpUNetPDNorm:
-    """Mosaic3D's encoder: SpUNet34C with PPT norms (5 dataset conditions, 256-d context), RGB in, 768-d out
-    (Recap-CLIP ViT-L/16 text space): 43,685,664 parameters, the paper's "43.7M"."""
-    return SpUNetPDNorm(in_channels, out_channels, conditions=conditions, **{**SPUNET_PRESETS["SpUNet34C"], **kwargs})
+    """Mosaic3D's released encoder (configs/model/spunet34c+ppt.yaml): SpUNet34C with PPT norms (affine, decoupled,
+    adaptive; 256-d context) for the conditions of its data config (default: the 5-dataset release, see
+    MOSAIC3D_CONDITION_SETS) with PPT's context table, RGB in, 768-d out (Recap-CLIP ViT-L/16 text space).
+    43,685,664 parameters (the paper's "43.7M") plus the 256 x len(conditions) context table. Load a Mosaic3D
+    checkpoint with ``load_pointcept_checkpoint(..., pointwise_layout="out_in")``."""
+    return SpUNetPDNorm(in_channels, out_channels, conditions=conditions, context_table=context_table,
+                        **{**SPUNET_PRESETS["SpUNet34C"], **kwargs})

@@ -1,0 +1,154 @@
+"""Test helpers: released-checkpoint fixtures from the key -> shape lists in test/data_files/checkpoint_keys, and
+brute-force NumPy references of the source libraries' layers (MinkowskiEngine convolutions over explicit kernel
+offsets, MinkowskiEngine's MinkUNet forward, Mosaic3D's 1x1 matmul), written from the upstream semantics (see
+ov3dseg_core/models/backbones/layouts.py), independently of the converters under test."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KEY_LISTS = Path(__file__).resolve().parents[1] / "data_files" / "checkpoint_keys"
+BN_EPS = 1e-5  # MinkowskiBatchNorm's default
+
+
+def expand(pattern: str) -> list[str]:
+    """Keys of a pattern with {a..b} integer ranges and {x,y} alternatives (not nested), in order."""
+    brace = re.search(r"\{([^{}]*)\}", pattern)
+    if brace is None:
+        return [pattern]
+    span = re.fullmatch(r"(\d+)\.\.(\d+)", brace.group(1))
+    options = [str(i) for i in range(int(span[1]), int(span[2]) + 1)] if span else brace.group(1).split(",")
+    return [key for option in options for key in expand(pattern[: brace.start()] + option + pattern[brace.end():])]
+
+
+def key_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of test/data_files/checkpoint_keys/<name>.txt (lines "KEY_PATTERN SHAPE", "-" = scalar)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for line in (KEY_LISTS / f"{name}.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        pattern, shape = line.split()
+        for key in expand(pattern):
+            assert key not in shapes, f"{name}: {key} listed twice"
+            shapes[key] = () if shape == "-" else tuple(int(n) for n in shape.split(","))
+    return shapes
+
+
+def random_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    """Random tensors of ``shapes``: BatchNorm-like statistics and affine terms near their usual values, weights
+    scaled by 1/sqrt(fan-in) (MinkowskiEngine ``kernel`` (..., C_in, C_out): fan-in = numel / C_out; other
+    weights (C_out, ...): numel / C_out), integer counters for ``num_batches_tracked``."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(100)
+        elif key.endswith("running_var"):
+            state[key] = 0.5 + torch.rand(shape, generator=gen)
+        elif len(shape) <= 1:
+            base = 1.0 if key.endswith("weight") and ("bn" in key or "norm" in key) else 0.0
+            state[key] = base + 0.1 * torch.randn(shape, generator=gen)
+        else:
+            out_channels = shape[-1] if key.endswith("kernel") else shape[0]
+            state[key] = torch.randn(shape, generator=gen) / (np.prod(shape) / out_channels) ** 0.5
+    return state
+
+
+# ------------------------------------------------------------------------------------------- MinkowskiEngine
+def minkowski_offsets(size: int, tensor_stride: int) -> np.ndarray:
+    """(size^3, 3) offsets of ME's cubic kernel in kernel-index order: axis 0 fastest (k = i0 + size i1 +
+    size^2 i2), centred for odd sizes (i - size // 2), from 0 for even sizes, times the input tensor stride."""
+    index = np.arange(size**3)
+    per_axis = np.stack([index % size, index // size % size, index // size**2], axis=1)
+    return (per_axis - (size // 2 if size % 2 else 0)) * tensor_stride
+
+
+def minkowski_conv(coords: np.ndarray, feats: np.ndarray, kernel: np.ndarray, size: int, tensor_stride: int,
+                   stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """ME convolution: output coordinates are the input's (stride 1) or the inputs floored to the output tensor
+    stride; out[o] = sum_k feats[o + offset_k] @ kernel[k] over the offsets whose input exists.
+    coords (N, 3) at ``tensor_stride``; kernel (size^3, C_in, C_out) or (C_in, C_out). Returns (coords, feats)."""
+    kernel = kernel.reshape(-1, *kernel.shape[-2:])
+    out_stride = tensor_stride * stride
+    out_coords = coords if stride == 1 else np.unique(coords // out_stride * out_stride, axis=0)
+    index = {tuple(c): i for i, c in enumerate(coords)}
+    out = np.zeros((len(out_coords), kernel.shape[-1]))
+    for k, offset in enumerate(minkowski_offsets(size, tensor_stride)):
+        pairs = [(o, index[tuple(c + offset)]) for o, c in enumerate(out_coords) if tuple(c + offset) in index]
+        if pairs:
+            rows, sources = map(list, zip(*pairs))
+            out[rows] += feats[sources] @ kernel[k]
+    return out_coords, out
+
+
+def minkowski_conv_transpose(coarse: np.ndarray, feats: np.ndarray, kernel: np.ndarray, fine: np.ndarray,
+                             fine_stride: int) -> np.ndarray:
+    """ME transposed convolution (kernel 2, stride 2) onto the existing ``fine`` coordinates: the kernel map of the
+    fine -> coarse convolution swapped, out[q + offset_k] += feats[q] @ kernel[k] (offsets at the fine stride)."""
+    index = {tuple(c): i for i, c in enumerate(fine)}
+    out = np.zeros((len(fine), kernel.shape[-1]))
+    for k, offset in enumerate(minkowski_offsets(2, fine_stride)):
+        pairs = [(index[tuple(c + offset)], q) for q, c in enumerate(coarse) if tuple(c + offset) in index]
+        if pairs:
+            rows, sources = map(list, zip(*pairs))
+            out[rows] += feats[sources] @ kernel[k]
+    return out
+
+
+def reference_minkunet(state: dict[str, torch.Tensor], prefix: str, coords: np.ndarray, feats: np.ndarray
+                       ) -> np.ndarray:
+    """Eval-mode forward of MinkowskiEngine's MinkUNet (XMask3D mink_unet.py ``MinkUNetBase.forward``) read from
+    ME-layout tensors ``state[prefix + ...]``, in float64. coords (N, 3) >= 0; returns (N, C_out) in input order."""
+    def tensor(name: str) -> np.ndarray:
+        return state[prefix + name].double().numpy()
+
+    def norm(name: str, x: np.ndarray) -> np.ndarray:
+        scale = tensor(f"{name}.bn.weight") / np.sqrt(tensor(f"{name}.bn.running_var") + BN_EPS)
+        return (x - tensor(f"{name}.bn.running_mean")) * scale + tensor(f"{name}.bn.bias")
+
+    def relu(x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0.0)
+
+    def blocks(name: str, c: np.ndarray, s: int, x: np.ndarray) -> np.ndarray:
+        i = 0
+        while f"{prefix}{name}.{i}.conv1.kernel" in state:
+            block = f"{name}.{i}"
+            y = relu(norm(f"{block}.norm1", minkowski_conv(c, x, tensor(f"{block}.conv1.kernel"), 3, s)[1]))
+            y = norm(f"{block}.norm2", minkowski_conv(c, y, tensor(f"{block}.conv2.kernel"), 3, s)[1])
+            shortcut = f"{block}.downsample"
+            residual = x if prefix + shortcut + ".0.kernel" not in state else \
+                norm(f"{shortcut}.1", x @ tensor(f"{shortcut}.0.kernel"))
+            x, i = relu(y + residual), i + 1
+        return x
+
+    x = relu(norm("bn0", minkowski_conv(coords, feats, tensor("conv0p1s1.kernel"), 5, 1)[1]))
+    c, s, skips = coords, 1, []
+    for stage in range(1, 5):
+        skips.append((c, s, x))
+        c, x = minkowski_conv(c, x, tensor(f"conv{stage}p{s}s2.kernel"), 2, s, stride=2)
+        s *= 2
+        x = blocks(f"block{stage}", c, s, relu(norm(f"bn{stage}", x)))
+    for stage in range(4, 8):
+        fine, fine_stride, skip = skips.pop()
+        x = minkowski_conv_transpose(c, x, tensor(f"convtr{stage}p{s}s2.kernel"), fine, fine_stride)
+        c, s = fine, fine_stride
+        x = blocks(f"block{stage + 1}", c, s, np.concatenate([relu(norm(f"bntr{stage}", x)), skip], axis=1))
+    return x @ tensor("final.kernel")
+
+
+# ------------------------------------------------------------------------------------------- Mosaic3D
+def mosaic3d_pointwise(feats: np.ndarray, weight: torch.Tensor, bias: torch.Tensor | None = None) -> np.ndarray:
+    """Mosaic3D's ``Custom1x1Subm3d``: features @ weight.view(C_out, C_in).T (+ bias)."""
+    w = weight.double().numpy().reshape(weight.shape[0], weight.shape[-1])
+    return feats @ w.T + (0.0 if bias is None else bias.double().numpy())
+
+
+def scene(seed: int, count: int, extent: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` distinct random voxels (int64 coordinates in [1, extent]) and (count, 3) features."""
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(extent**3, size=count, replace=False)
+    coords = np.stack([cells % extent, cells // extent % extent, cells // extent**2], axis=1) + 1
+    return coords.astype(np.int64), rng.standard_normal((count, 3))
