@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("ov3dseg_core.commands.model_info", "build a model config with random weights and count parameters"),
     "train": ("ov3dseg_core.commands.train", "train a model from a config"),
     "evaluate": ("ov3dseg_core.commands.evaluate", "evaluate a checkpoint offline on a dataset split"),
+    "convert-checkpoint": ("ov3dseg_core.commands.convert_checkpoint", "convert a released XMask3D / Mosaic3D checkpoint to safetensors"),
     "calibrate-query": ("ov3dseg_core.commands.calibrate_query",
                         "calibrate a model's /query decision on validation scenes and store it in the checkpoint"),
     "demo": ("ov3dseg_ros.commands.demo", "the end-to-end demo: simulate, replay, query, evaluate, render"),
