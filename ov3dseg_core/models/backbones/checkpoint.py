@@ -166,7 +166,13 @@ def load_pointcept_state(
 def _backbone_prefix(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], source: str) -> str:
     """What precedes the model's first weight key (its stem conv) in the one checkpoint key ending with it."""
     anchor = next(k for k in own if k.endswith(".weight"))
-    anchors = [k for k in state if k.endswith(anchor) and (k == anchor or k[: -len(anchor)].endswith("."))]
-    if len(anchors) != 1:
-        raise CheckpointError(f"{source}: expected one '*{anchor}' key to locate the backbone, found {anchors}")
-    return anchors[0][: -len(anchor)]
+    prefixes = key_prefixes(state, anchor)
+    if len(prefixes) != 1:
+        raise CheckpointError(f"{source}: expected one '*{anchor}' key to locate the backbone, found "
+                              f"{[p + anchor for p in prefixes]}")
+    return prefixes[0]
+
+
+def key_prefixes(state: Mapping[str, torch.Tensor], name: str) -> list[str]:
+    """The prefixes ("" or ending in ".") in front of ``name`` in the keys of ``state`` that end with it."""
+    return [k[: -len(name)] for k in state if k.endswith(name) and (k == name or k[: -len(name)].endswith("."))]

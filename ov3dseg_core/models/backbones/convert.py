@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from ov3dseg_core.atomic_write import atomic_path
-from ov3dseg_core.models.backbones.checkpoint import (PPT_KEYS, CheckpointError, load_pointcept_state,
+from ov3dseg_core.models.backbones.checkpoint import (PPT_KEYS, CheckpointError, key_prefixes, load_pointcept_state,
                                                       read_checkpoint)
 from ov3dseg_core.models.backbones.layouts import minkowski_to_spconv
-from ov3dseg_core.models.backbones.minkunet import MinkUNet18A, MinkUNet34C
+from ov3dseg_core.models.backbones import minkunet  # noqa: F401  (registers the MinkUNet backbones)
 from ov3dseg_core.models.backbones.spunet import MOSAIC3D_CONDITION_SETS
 from ov3dseg_core.registry import REGISTRY
 
@@ -90,22 +90,6 @@ class XMask3DPart:
     minkowski: bool = False
 
 
-XMASK3D_ANCHOR = "pc_decoder.encoder.conv0p1s1.kernel"
-XMASK3D_PARTS = (
-    XMask3DPart("3D backbone, MinkUNet34C 3 -> 256 (pc_decoder.encoder)", "pc_decoder.encoder.", "backbone.",
-                lambda: MinkUNet34C(3, 256), minkowski=True),
-    XMask3DPart("per-voxel adapter 256 -> 768 (pc_decoder.decoder)", "pc_decoder.decoder.", "proj_3d.",
-                lambda: nn.Linear(256, 768)),
-    XMask3DPart("bottleneck adapter 256 -> 768 for the captioner (pc_decoder.point2text_adapter)",
-                "pc_decoder.point2text_adapter.", "captioner.adapter.", lambda: nn.Linear(256, 768)),
-    XMask3DPart("binary head backbone, MinkUNet18A 3 -> 256 (pc_binary_head.encoder)", "pc_binary_head.encoder.",
-                "binary_head.backbone.", lambda: MinkUNet18A(3, 256), minkowski=True),
-    XMask3DPart("binary head BatchNorm1d(256)", "pc_binary_head.batch_norm.", "binary_head.norm.",
-                lambda: nn.BatchNorm1d(256)),
-    XMask3DPart("binary head Linear(256, 1)", "pc_binary_head.fc.", "binary_head.fc.", lambda: nn.Linear(256, 1)),
-)
-"""The converted modules of an XMask3D checkpoint: source prefix (after ``module.``) -> our XMask3D prefix."""
-
 XMASK3D_MODEL_CONFIG = {
     "in_channels": 3,
     "feature_dim": 768,
@@ -114,6 +98,29 @@ XMASK3D_MODEL_CONFIG = {
     "captioner": {"condition": "3d", "latent_dim": 768},
 }
 """Our XMask3D ``model:`` entries that these weights need (XMask3D's MinkUNet34C / MinkUNet18A, 768-d CLIP space)."""
+
+
+def _xmask3d_network(entry: str) -> Callable[[], nn.Module]:
+    """Builder of the backbone XMASK3D_MODEL_CONFIG[entry] on XMask3D's RGB input."""
+    in_channels = XMASK3D_MODEL_CONFIG["in_channels"]
+    return lambda: REGISTRY.build("backbone", XMASK3D_MODEL_CONFIG[entry], in_channels=in_channels)
+
+
+XMASK3D_ANCHOR = "pc_decoder.encoder.conv0p1s1.kernel"
+XMASK3D_PARTS = (
+    XMask3DPart("3D backbone, MinkUNet34C 3 -> 256 (pc_decoder.encoder)", "pc_decoder.encoder.", "backbone.",
+                _xmask3d_network("backbone"), minkowski=True),
+    XMask3DPart("per-voxel adapter 256 -> 768 (pc_decoder.decoder)", "pc_decoder.decoder.", "proj_3d.",
+                lambda: nn.Linear(256, 768)),
+    XMask3DPart("bottleneck adapter 256 -> 768 for the captioner (pc_decoder.point2text_adapter)",
+                "pc_decoder.point2text_adapter.", "captioner.adapter.", lambda: nn.Linear(256, 768)),
+    XMask3DPart("binary head backbone, MinkUNet18A 3 -> 256 (pc_binary_head.encoder)", "pc_binary_head.encoder.",
+                "binary_head.backbone.", _xmask3d_network("binary_head"), minkowski=True),
+    XMask3DPart("binary head BatchNorm1d(256)", "pc_binary_head.batch_norm.", "binary_head.norm.",
+                lambda: nn.BatchNorm1d(256)),
+    XMask3DPart("binary head Linear(256, 1)", "pc_binary_head.fc.", "binary_head.fc.", lambda: nn.Linear(256, 1)),
+)
+"""The converted modules of an XMask3D checkpoint: source prefix (after ``module.``) -> our XMask3D prefix."""
 
 SKIP_REASONS = {
     "xmask3d": {
@@ -190,7 +197,8 @@ def convert_mosaic3d(path: str | Path, conditions: Sequence[str] | None = None) 
     report = ConversionReport("mosaic3d", str(path), {"backbone": config}, skipped_objects=skipped_objects)
     out = {"backbone." + k: v for k, v in model.state_dict().items()}
     report.parts.append(ConvertedPart(
-        f"3D encoder {config['type']}" + (" with PPT's context table" if config.get("context_table") else ""),
+        f"3D encoder {config['type']}"
+        + (f" with PPT's context table {wrapper}embedding_table.weight" if config.get("context_table") else ""),
         loaded.prefix, "backbone.", len(out), _parameter_count(out),
         f"1x1 weights transposed to spconv's reading: {', '.join(loaded.transposed)}"))
     if ppt:
@@ -272,14 +280,17 @@ def save_converted(path: str | Path, weights: ConvertedWeights) -> Path:
 
 def load_converted(path: str | Path) -> ConvertedWeights:
     """Read a file written by ``save_converted``; CheckpointError when it is missing or another format."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"converted weights {path} do not exist")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
     if metadata.get("ov3dseg_format") != CONVERTED_FORMAT:
         raise CheckpointError(f"{path} has format {metadata.get('ov3dseg_format')!r}, expected {CONVERTED_FORMAT!r} "
                               "(write it with `ov3dseg convert-checkpoint`)")
@@ -306,10 +317,10 @@ def load_converted_state(model: nn.Module, weights: ConvertedWeights, prefix: st
 
 def _unique_prefix(state: Mapping[str, torch.Tensor], anchor: str, path: str | Path, what: str) -> str:
     """The prefix in front of ``anchor`` in the one key ending with it (CheckpointError otherwise)."""
-    found = [k[: -len(anchor)] for k in state if k.endswith(anchor) and (k == anchor or k[: -len(anchor)].endswith("."))]
+    found = key_prefixes(state, anchor)
     if len(found) != 1:
         sample = sorted(state)[:5]
-        raise CheckpointError(f"{path} is not a {what} checkpoint: expected one '*{anchor}' key, found "
+        raise CheckpointError(f"{path} holds no {what} weights: expected one '*{anchor}' key, found "
                               f"{len(found)} (first keys: {sample})")
     return found[0]
 

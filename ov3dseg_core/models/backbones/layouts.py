@@ -28,7 +28,7 @@ from spconv.pytorch.conv import SparseConvolution  # noqa: E402  (after the CPU 
 
 
 def spconv_pointwise(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """spconv 1x1 conv weight of ``shape`` (C_out, 1, 1, 1, C_in) that multiplies features by ``matrix`` (C_in, C_out)."""
+    """spconv 1x1 conv weight of ``shape`` (C_out, 1, 1, 1, C_in) multiplying features by ``matrix`` (C_in, C_out)."""
     if tuple(matrix.shape) != (shape[-1], shape[0]) or math.prod(shape[1:-1]) != 1:
         raise ValueError(f"a ({shape[-1]}, {shape[0]}) matrix is needed for a 1x1 weight {tuple(shape)}, "
                          f"got {tuple(matrix.shape)}")

@@ -5,7 +5,7 @@ MinkowskiEngine/modules/resnet_block.py; P = ``planes``, L = ``layers``, I = ``i
 
     conv0p1s1, bn0            SubMConv3d(in, I, k=5) + BN + ReLU                                 (stride 1)
     conv{s+1}p{2^s}s2, bn{s+1} SparseConv3d(k=2, stride=2) keeping the width + BN + ReLU, s = 0..3 (stride 2^(s+1))
-    block{s+1}.{i}            BasicBlock x L[s] to P[s]; block 0 gets a 1x1 conv + BN ``downsample`` where the width changes
+    block{s+1}.{i}            BasicBlock x L[s] to P[s] (block 0: a 1x1 conv + BN ``downsample`` if the width changes)
     convtr{4+j}p{16/2^j}s2, bntr{4+j}   SparseInverseConv3d(k=2) to P[4+j] + BN + ReLU, j = 0..3
     block{5+j}.{i}            BasicBlock x L[4+j] on cat(up, skip) to P[4+j] (1x1 ``downsample`` in block 0)
     final                     1x1 conv to out_channels, no bias (absent when out_channels == 0)
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ov3dseg_core import compat
-from ov3dseg_core.models.backbones.spunet import SPUNET_PRESETS, batch_mean, sparse_input
+from ov3dseg_core.models.backbones.spunet import SPUNET_PRESETS, batch_mean, register_preset, sparse_input
 from ov3dseg_core.registry import REGISTRY
 
 compat.apply()
@@ -36,7 +36,7 @@ NUM_STAGES = 4
 
 
 class MinkBlock(spconv.SparseModule):
-    """ME's ``BasicBlock``: conv1/norm1/ReLU, conv2/norm2, plus the input or its ``downsample`` (1x1 conv + BN), ReLU."""
+    """ME's ``BasicBlock``: conv1/norm1/ReLU, conv2/norm2, plus the input or its 1x1 conv + BN ``downsample``, ReLU."""
 
     def __init__(self, in_channels: int, channels: int, indice_key: str, norm: partial) -> None:
         super().__init__()
@@ -174,21 +174,11 @@ class MinkUNet(nn.Module):
         return features, batch_mean(bottleneck.features, bottleneck.indices[:, 0].long(), batch_size)
 
 
-MINKUNET_PRESETS: dict[str, str] = {"MinkUNet14A": "SpUNet14A", "MinkUNet18A": "SpUNet18A", "MinkUNet34C": "SpUNet34C"}
-"""MinkUNet presets by the SPUNET_PRESETS entry with the same widths/depths (MinkUNet's PLANES / LAYERS)."""
+def _minkunet_preset(spunet_preset: str) -> dict[str, tuple[int, ...]]:
+    """MinkUNet kwargs with the widths/depths of an SPUNET_PRESETS entry (both are MinkUNet's PLANES / LAYERS)."""
+    return {"planes": SPUNET_PRESETS[spunet_preset]["channels"], "layers": SPUNET_PRESETS[spunet_preset]["layers"]}
 
 
-def _preset(name: str):
-    spec = SPUNET_PRESETS[MINKUNET_PRESETS[name]]
-
-    def build(in_channels: int, out_channels: int, **kwargs) -> MinkUNet:
-        return MinkUNet(in_channels, out_channels, **{"planes": spec["channels"], "layers": spec["layers"], **kwargs})
-
-    build.__name__ = name
-    build.__doc__ = f"MinkUNet with {name}'s planes {spec['channels']} and layers {spec['layers']}."
-    return REGISTRY.register("backbone", name)(build)
-
-
-MinkUNet14A = _preset("MinkUNet14A")
-MinkUNet18A = _preset("MinkUNet18A")
-MinkUNet34C = _preset("MinkUNet34C")
+MinkUNet14A = register_preset("MinkUNet14A", MinkUNet, _minkunet_preset("SpUNet14A"))
+MinkUNet18A = register_preset("MinkUNet18A", MinkUNet, _minkunet_preset("SpUNet18A"))
+MinkUNet34C = register_preset("MinkUNet34C", MinkUNet, _minkunet_preset("SpUNet34C"))

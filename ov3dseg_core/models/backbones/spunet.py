@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -404,18 +404,19 @@ MOSAIC3D_CONDITIONS = MOSAIC3D_CONDITION_SETS["sc+ar+sc+++ma+st"]
 """The five source datasets of Mosaic3D-5.6M in the released model's order (ScanNet++ is named "ScanNetPP")."""
 
 
-def _preset(name: str):
-    def build(in_channels: int, out_channels: int, **kwargs) -> SpUNet:
-        return SpUNet(in_channels, out_channels, **{**SPUNET_PRESETS[name], **kwargs})
+def register_preset(name: str, network: Callable[..., nn.Module], preset: dict[str, Any]) -> Callable[..., nn.Module]:
+    """Register backbone ``name`` as ``network(in_channels, out_channels, **preset, **kwargs)``; returns the builder."""
+    def build(in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+        return network(in_channels, out_channels, **{**preset, **kwargs})
 
     build.__name__ = name
-    build.__doc__ = f"SpUNet with the {name} widths/depths {SPUNET_PRESETS[name]}; other SpUNet kwargs pass through."
+    build.__doc__ = f"{network.__name__} with {name}'s {preset}; other {network.__name__} kwargs pass through."
     return REGISTRY.register("backbone", name)(build)
 
 
-SpUNet14A = _preset("SpUNet14A")
-SpUNet18A = _preset("SpUNet18A")
-SpUNet34C = _preset("SpUNet34C")
+SpUNet14A = register_preset("SpUNet14A", SpUNet, SPUNET_PRESETS["SpUNet14A"])
+SpUNet18A = register_preset("SpUNet18A", SpUNet, SPUNET_PRESETS["SpUNet18A"])
+SpUNet34C = register_preset("SpUNet34C", SpUNet, SPUNET_PRESETS["SpUNet34C"])
 
 
 @REGISTRY.register("backbone", "Mosaic3D-SpUNet34C")
