@@ -1,10 +1,11 @@
 """Convolution weight layouts: spconv 2.x (what our backbones hold), MinkowskiEngine kernels, Mosaic3D's 1x1 convs.
 
-spconv 2.x (``FILTER_HWIO = False``, KRSC) stores a sparse conv weight as (C_out, k_0, k_1, k_2, C_in), where
-k_d indexes the kernel offset along grid axis d (the columns of ``grid_coord``); ``out[p] += W[:, k, :] @ in[q]``
-with q = p + k - k//2 for submanifold (odd) kernels and q = 2p + k for the k = 2, stride 2 convs (the inverse
-conv scatters back along the same pairs). A 1x1 conv is the exception: spconv multiplies the features by
-``weight.view(C_in, C_out)``, i.e. it reads the same (C_out, 1, 1, 1, C_in) buffer as an (in, out) matrix.
+spconv 2.x (``FILTER_HWIO = False``, KRSC) stores a sparse conv weight as (C_out, K, K, K, C_in), where index
+k_d in [0, K) is the kernel offset along grid axis d (the columns of ``grid_coord``): ``out[p] += W[:, k, :] @ in[q]``
+with q_d = p_d + k_d - K//2 for submanifold (odd K) convs and q_d = 2 p_d + k_d for the K = 2, stride 2 convs (the
+inverse conv scatters back along the same pairs, unflipped). A 1x1 conv is the exception: spconv multiplies the
+features by ``weight.view(C_in, C_out)``, i.e. it reads the same (C_out, 1, 1, 1, C_in) buffer as an (in, out)
+matrix (spconv/pytorch/conv.py, ``conv1x1``).
 
 MinkowskiEngine stores a kernel as (K^3, C_in, C_out) with ``out = in @ kernel[k]``; offset index k runs with the
 first axis fastest (k = i_0 + K i_1 + K^2 i_2), offset i_d - K//2 for odd K and i_d for even K (src/kernel_region.hpp,
