@@ -572,8 +572,9 @@ def answer_summary(text: str, result: QueryResult, min_voxels: int) -> str:
                 f"(best voxel {result.max_score:.2f})")
     best = result.objects[0]
     where = ", ".join(f"{v:.2f}" for v in best.center)
-    return (f"found {text!r}: {len(result.objects)} objects; best {best.label!r} at ({where}) m, confidence "
-            f"{best.confidence:.2f}, {best.num_voxels} voxels")
+    count = len(result.objects)
+    return (f"found {text!r}: {count} object{'s' if count > 1 else ''}; best {best.label!r} at ({where}) m, "
+            f"confidence {best.confidence:.2f}, {best.num_voxels} voxels")
 
 
 def main(args: list[str] | None = None) -> int:

@@ -55,13 +55,11 @@ def hit_points(response: Query.Response) -> np.ndarray:
 
 
 def format_response(text: str, response: Query.Response) -> str:
-    """A short human-readable answer: found or not (with the threshold used), then one line per object: where
-    (a point on it), how sure (confidence), its size."""
+    """A short human-readable answer: the node's verdict (found or not, the best object, how sure), then one line
+    per object: where (a point on it), confidence, size, voxels, relevancy."""
     if not response.success:
         return f"query {text!r} failed: {response.message}"
-    verdict = "found" if response.found else "not found"
-    lines = [f"{text!r}: {verdict} (relevancy threshold {response.threshold_used:.2f}, best voxel "
-             f"{response.max_score:.2f}) - {response.message}"]
+    lines = [response.message]
     for i, hit in enumerate(response.hits):
         c, s = hit.center, hit.size
         lines.append(f"{i + 1:3d}. {hit.label:<20} confidence {hit.confidence:.2f} at ({c.x:.2f}, {c.y:.2f}, "

@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
         answers[text] = {"success": response.success, "found": response.found, "message": response.message,
                          "threshold_used": round(float(response.threshold_used), 3),
                          "max_score": round(float(response.max_score), 3), "objects": hits}
-        print(f"      {query_line(text, response, text in split.novel)}")
+        print(f"      {response.message}{' [novel class]' if text in split.novel else ''}")
         cloud = _cloud_points(response.cloud)
         render_query(out / f"query_{text.replace(' ', '_')}.png", positions, cloud[:, :3], cloud[:, 3],
                      [(np.array(h["box_center"][:2]), np.array(h["size"][:2])) for h in hits], text)
@@ -102,19 +102,6 @@ def main(args: argparse.Namespace) -> int:
                         title=f"{args.room_type} (seed {args.seed}), model {checkpoint.name}", novel=split.novel)
     print(f"      {out}/semantic_map.png, {out}/query_*.png, {out}/report.json")
     return 0
-
-
-def query_line(text: str, response, novel: bool = False) -> str:
-    """One line per query: found or not, where the best object is, how sure."""
-    name = f"{text!r}{' (novel)' if novel else ''}"
-    if not response.success:
-        return f"{name}: failed: {response.message}"
-    if not response.found:
-        return (f"{name}: not found (best voxel relevancy {response.max_score:.2f}, threshold "
-                f"{response.threshold_used:.2f})")
-    best = response.hits[0]
-    return (f"{name}: found, {len(response.hits)} objects; best at ({best.center.x:.2f}, {best.center.y:.2f}, "
-            f"{best.center.z:.2f}) m, confidence {best.confidence:.2f}, {best.num_voxels} voxels")
 
 
 def _cloud_points(msg) -> np.ndarray:

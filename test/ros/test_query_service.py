@@ -62,7 +62,7 @@ def test_couch_finds_the_voxels_labelled_sofa(mapped, tmp_path):
     wait_until(lambda: markers and len(markers[-1].markers) == 3, what="query markers")
     assert markers[-1].markers[1].type == Marker.CUBE and markers[-1].markers[2].text.startswith("sofa")
     assert markers[-1].markers[1].pose.position.y == pytest.approx(hit.box_center.y)
-    assert "'couch': found" in format_response("couch", response)
+    assert format_response("couch", response).startswith("found 'couch': 1 object; best 'sofa' at (3.0")
     assert write_hits_ply(response, tmp_path / "couch.ply") == len(expected)
 
 
