@@ -19,7 +19,7 @@ are represented by the embedding of their label's name:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -77,8 +77,9 @@ class QueryCalibration:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"query calibration needs numbers 'threshold' and 'floor', got {data!r}") from None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def threshold_for(self, requested: float) -> float:
+        """The relevancy threshold of a request: its own, or this default when it sends 0."""
+        return float(requested or self.threshold)
 
 
 FEATURE_CALIBRATION = QueryCalibration(0.5, -1.0, "built-in default: the query must beat its hardest negative")
@@ -199,7 +200,7 @@ def decide(query_cosine: np.ndarray, hardest_negative: np.ndarray, calibration: 
     score = np.zeros(query_cosine.shape, np.float32)
     above = np.flatnonzero(query_cosine >= calibration.floor)
     score[above] = relevancy(query_cosine[above], np.asarray(hardest_negative)[above])
-    return score, score >= (threshold or calibration.threshold)
+    return score, score >= calibration.threshold_for(threshold)
 
 
 def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, calibration: QueryCalibration,
@@ -219,7 +220,7 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
         hardest = np.full(len(query_cosine), np.inf, np.float32)
         hardest[candidates] = _hardest(voxel_map.feature_similarity(table[1:], candidates))
         score, matches = decide(query_cosine, hardest, calibration, threshold)
-        return _answer(voxel_map, score, matches, threshold or calibration.threshold, top_k, min_voxels,
+        return _answer(voxel_map, score, matches, calibration.threshold_for(threshold), top_k, min_voxels,
                        default_label=label)
 
 
@@ -248,8 +249,8 @@ def query_labels(voxel_map: VoxelMap, query_embedding, negative_embeddings, labe
     with voxel_map.lock:
         labels, _ = voxel_map.labels()
         score, matches = decide(label_query[labels], label_hardest[labels], calibration, threshold)
-        return _answer(voxel_map, score, matches, threshold or calibration.threshold, top_k, min_voxels, labels,
-                       names)
+        return _answer(voxel_map, score, matches, calibration.threshold_for(threshold), top_k, min_voxels,
+                       labels, names)
 
 
 def _answer(voxel_map: VoxelMap, score: np.ndarray, matches: np.ndarray, threshold: float, top_k: int,
@@ -261,7 +262,7 @@ def _answer(voxel_map: VoxelMap, score: np.ndarray, matches: np.ndarray, thresho
                                  None if labels is None else labels[chosen], label_names, default_label, min_voxels)
     members = chosen[rank >= 0]  # the kept objects' voxels, best relevancy first
     members = members[np.argsort(-score[members], kind="stable")][:top_k or None]
-    return QueryResult(members, score[members], voxel_map.positions(members), objects, float(threshold),
+    return QueryResult(members, score[members], voxel_map.positions(members), objects, threshold,
                        float(score.max(initial=0.0)))
 
 
