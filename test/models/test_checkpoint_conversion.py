@@ -16,11 +16,10 @@ from ov3dseg_core.models.backbones import (MOSAIC3D_CONDITION_SETS, MOSAIC3D_CON
                                            CheckpointError, convert_mosaic3d, convert_xmask3d, load_converted,
                                            load_converted_state)
 from ov3dseg_core.models.backbones.convert import XMASK3D_MODEL_CONFIG, XMASK3D_PARTS
-from ov3dseg_core.models.backbones.spunet import spconv
 from ov3dseg_core.models.heads import BinaryHead
 from ov3dseg_core.models.xmask3d import build_xmask3d
 from ov3dseg_core.registry import REGISTRY
-from upstream_checkpoints import key_shapes, mosaic3d_pointwise, random_state, reference_minkunet, scene
+from upstream_checkpoints import key_shapes, mosaic3d_pointwise, random_state, reference_minkunet, scene, sparse
 
 CALLED = []
 
@@ -183,11 +182,8 @@ def test_mosaic3d_checkpoint_converts_to_the_release_preset_with_transposed_1x1s
     for key in transposed:
         module = preset.get_submodule(key[: -len(".weight")])
         feats = rng.standard_normal((20, module.in_channels))
-        coords, _ = scene(8, 20, 4)
-        x = torch.from_numpy(feats).float()
-        indices = torch.cat([torch.zeros(20, 1, dtype=torch.int32), torch.from_numpy(coords).int()], dim=1)
         with torch.no_grad():
-            out = module(spconv.SparseConvTensor(x, indices, [8, 8, 8], 1)).features
+            out = module(sparse(scene(8, 20, 4)[0], feats)).features
         bias = state.get("net.backbone." + key.replace("weight", "bias"))
         assert_close(out, mosaic3d_pointwise(feats, state["net.backbone." + key], bias))
 

@@ -11,13 +11,7 @@ from ov3dseg_core.models.backbones.layouts import (minkowski_to_spconv, out_in_p
                                                    pointwise_weight_keys)
 from ov3dseg_core.models.backbones.spunet import spconv
 from upstream_checkpoints import (minkowski_conv, minkowski_conv_transpose, minkowski_offsets, mosaic3d_pointwise,
-                                  scene)
-
-
-def sparse(coords: np.ndarray, feats: np.ndarray) -> spconv.SparseConvTensor:
-    indices = torch.cat([torch.zeros(len(coords), 1, dtype=torch.int32), torch.from_numpy(coords).int()], dim=1)
-    shape = (coords.max(axis=0) + 8).tolist()
-    return spconv.SparseConvTensor(torch.from_numpy(feats).float(), indices, shape, 1)
+                                  scene, sparse)
 
 
 def by_coords(x: spconv.SparseConvTensor, scale: int = 1) -> dict[tuple[int, ...], np.ndarray]:

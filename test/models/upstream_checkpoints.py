@@ -1,5 +1,5 @@
-"""Test helpers: released-checkpoint fixtures from the key -> shape lists in test/data_files/checkpoint_keys, and
-brute-force NumPy references of the source libraries' layers (MinkowskiEngine convolutions over explicit kernel
+"""Test helpers: released-checkpoint fixtures from the key -> shape lists in test/data_files/checkpoint_keys, random
+voxel scenes, and brute-force NumPy references of the source libraries' layers (MinkowskiEngine convolutions over explicit kernel
 offsets, MinkowskiEngine's MinkUNet forward, Mosaic3D's 1x1 matmul), written from the upstream semantics (see
 ov3dseg_core/models/backbones/layouts.py), independently of the converters under test."""
 from __future__ import annotations
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ov3dseg_core.models.backbones.spunet import spconv
 
 KEY_LISTS = Path(__file__).resolve().parents[1] / "data_files" / "checkpoint_keys"
 BN_EPS = 1e-5  # MinkowskiBatchNorm's default
@@ -152,3 +154,9 @@ def scene(seed: int, count: int, extent: int) -> tuple[np.ndarray, np.ndarray]:
     cells = rng.choice(extent**3, size=count, replace=False)
     coords = np.stack([cells % extent, cells // extent % extent, cells // extent**2], axis=1) + 1
     return coords.astype(np.int64), rng.standard_normal((count, 3))
+
+
+def sparse(coords: np.ndarray, feats: np.ndarray) -> spconv.SparseConvTensor:
+    """A one-scene spconv tensor of voxels ``coords`` (N, 3) >= 0 with features (N, C) (float32)."""
+    indices = torch.cat([torch.zeros(len(coords), 1, dtype=torch.int32), torch.from_numpy(coords).int()], dim=1)
+    return spconv.SparseConvTensor(torch.from_numpy(feats).float(), indices, (coords.max(axis=0) + 8).tolist(), 1)
