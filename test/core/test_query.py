@@ -252,6 +252,7 @@ def test_object_centre_lies_on_the_object():
     (group,), _ = group_voxels(ring, np.ones(len(ring)), VS)
     np.testing.assert_allclose(group.box_center, [0.45, 0.45, 0.05])  # the hole in the middle
     assert any(np.allclose(group.center, (k + 0.5) * VS) for k in ring)
+    assert np.linalg.norm(group.center - group.box_center) == pytest.approx(0.4)  # a side's middle, not a corner
 
 
 def test_labels_separate_touching_groups():
