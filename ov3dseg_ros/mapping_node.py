@@ -21,7 +21,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -45,7 +46,7 @@ from ov3dseg_ros.conversions import (color_to_rgb, header, hit_markers, object_h
 from ov3dseg_ros.frame_queue import FrameQueue, PendingFrame
 from ov3dseg_ros.msg import MapStatus
 from ov3dseg_ros.params import NODE_NAME, MapperConfig, ParameterError, declare_config, on_set_parameters
-from ov3dseg_ros.srv import LoadMap, Query, SaveMap
+from ov3dseg_ros.srv import EncodeText, LoadMap, Query, SaveMap, SetVocabulary
 from ov3dseg_ros.semantic_stage import SemanticStage, load_segmenter
 from ov3dseg_ros.stamp_sync import StampSynchronizer
 from ov3dseg_ros.tf_listener import TfListener
@@ -55,8 +56,10 @@ FrameStage = Callable[[RGBDFrame, VoxelMap], None]
 """A worker stage run on every posed RGB-D frame after geometric integration (e.g. a 2D/3D model writing
 fused features with VoxelMap.integrate_features). frame.pose is T_map_camera."""
 
-SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-"""Inputs: reliable (as the replay and most drivers publish), a few messages deep (callbacks return at once)."""
+MAP_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""Map outputs (semantic cloud, query markers, status): reliable and latched, so a late subscriber (RViz) gets
+the last one. Inputs use MapperConfig.sensor_qos (REP-2003 sensor data by default)."""
 WARN_PERIOD_S = 5.0
 """Minimum seconds between two warnings of the same kind."""
 ENCODER_WAIT_S = 60.0
@@ -87,7 +90,7 @@ class MappingNode(Node):
             try:
                 segmenter = load_segmenter(cfg.model, cfg.device)
                 self.query_calibration = read_calibration(resolve_checkpoint(cfg.model))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: weights of another architecture
                 super().destroy_node()
                 raise ParameterError(f"{NODE_NAME}: parameter 'model': {exc}") from None
             if cfg.feature_dim not in (0, segmenter.feature_dim):
@@ -123,22 +126,26 @@ class MappingNode(Node):
         for ns in cfg.cameras:
             for stream in streams:
                 self.create_subscription(Image, cfg.topic(ns, stream),
-                                         lambda m, ns=ns, s=stream: self._on_image(ns, s, m), SENSOR_QOS,
-                                         callback_group=sensors)
+                                         lambda m, ns=ns, s=stream: self._on_image(ns, s, m),
+                                         cfg.sensor_qos("image"), callback_group=sensors)
             self.create_subscription(CameraInfo, cfg.topic(ns, "camera_info"),
-                                     lambda m, ns=ns: self._on_camera_info(ns, m), SENSOR_QOS, callback_group=sensors)
-        for topic in cfg.lidar_topics:
-            self.create_subscription(PointCloud2, topic, lambda m, t=topic: self._on_cloud(t, m), SENSOR_QOS,
+                                     lambda m, ns=ns: self._on_camera_info(ns, m), cfg.sensor_qos("camera_info"),
                                      callback_group=sensors)
+        for topic in cfg.lidar_topics:
+            self.create_subscription(PointCloud2, topic, lambda m, t=topic: self._on_cloud(t, m),
+                                     cfg.sensor_qos("lidar"), callback_group=sensors)
 
-        self.cloud_pub = self.create_publisher(PointCloud2, "/ov3dseg/semantic_cloud", 1)
-        self.marker_pub = self.create_publisher(MarkerArray, "/ov3dseg/query_markers", 1)
-        self.status_pub = self.create_publisher(MapStatus, "/ov3dseg/status", 10)
+        self.cloud_pub = self.create_publisher(PointCloud2, "/ov3dseg/semantic_cloud", MAP_QOS)
+        self.marker_pub = self.create_publisher(MarkerArray, "/ov3dseg/query_markers", MAP_QOS)
+        self.status_pub = self.create_publisher(MapStatus, "/ov3dseg/status", MAP_QOS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Query, "/query", self._on_query, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=map_services)
         self.create_service(LoadMap, "~/load_map", self._on_load_map, callback_group=map_services)
         self.create_service(Trigger, "~/clear", self._on_clear, callback_group=map_services)
+        text_services = MutuallyExclusiveCallbackGroup()
+        self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary, callback_group=text_services)
+        self.create_service(EncodeText, "~/encode_text", self._on_encode_text, callback_group=text_services)
         if cfg.cloud_rate_hz > 0:
             self.create_timer(1.0 / cfg.cloud_rate_hz, self._publish_cloud, callback_group=outputs,
                               clock=self._steady)
@@ -191,6 +198,8 @@ class MappingNode(Node):
     def _on_set_parameters(self, params):
         new, result = on_set_parameters(self.config, params)
         if new is not None:
+            if new.vocabulary != self.config.vocabulary:
+                self._map_version += 1  # the cloud's labels change: publish it again
             self.config = new
             self.queue.timeout_ns = int(new.tf_timeout_s * 1e9)
         return result
@@ -486,14 +495,9 @@ class MappingNode(Node):
             return False, str(exc)
         voxel_map, cfg = self.voxel_map, self.config
         try:
-            encoder = self.text_encoder()
-        except TimeoutError as exc:
-            return False, f"{exc}; try again"
-        except Exception as exc:
-            return False, f"text encoder {cfg.text_encoder!r} failed to load: {exc}"
-        if encoder is None:
-            return False, "no text encoder configured (parameter text_encoder is empty)"
-        _, embed, label_embeddings = self._encoder.result()
+            encoder, embed, label_embeddings = self._text_space()
+        except QueryError as exc:
+            return False, str(exc)
         threshold, min_voxels = request.threshold or cfg.query_threshold, cfg.query_min_voxels
         if voxel_map.config.feature_dim > 0:
             if voxel_map.config.feature_dim != encoder.dim:
@@ -516,6 +520,53 @@ class MappingNode(Node):
             result.found, result.threshold, result.max_score
         self.marker_pub.publish(hit_markers(response.hits, self._last_stamp_ns, cfg.map_frame))
         return True, answer_summary(text, result, min_voxels)
+
+    def _text_space(self):
+        """(encoder, embed(texts) with the prompt template, label-name embeddings or None) once loaded; QueryError
+        saying why text cannot be embedded (still loading, failed, none configured)."""
+        try:
+            encoder = self.text_encoder()
+        except TimeoutError as exc:
+            raise QueryError(f"{exc}; try again") from None
+        except Exception as exc:
+            raise QueryError(f"text encoder {self.config.text_encoder!r} failed to load: {exc}") from None
+        if encoder is None:
+            raise QueryError("no text encoder configured (parameter text_encoder is empty)")
+        return self._encoder.result()
+
+    def _on_encode_text(self, request: EncodeText.Request, response: EncodeText.Response) -> EncodeText.Response:
+        try:
+            texts = [validate_query(text, 0, 0.0) for text in request.texts]
+            if not texts:
+                raise QueryError("no texts given")
+            encoder, embed, _ = self._text_space()
+        except QueryError as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        embeddings = embed(texts).detach().cpu().numpy().astype(np.float32)
+        response.encoder, response.dim = encoder.name, embeddings.shape[1]
+        response.prompt_template = self.semantic.segmenter.template if self.semantic else self.config.label_template
+        response.embeddings = embeddings.reshape(-1).tolist()
+        response.success, response.message = True, f"{len(texts)} x {embeddings.shape[1]} embeddings ({encoder.name})"
+        return response
+
+    def _on_set_vocabulary(self, request: SetVocabulary.Request,
+                           response: SetVocabulary.Response) -> SetVocabulary.Response:
+        if self.semantic is None:
+            response.success = False
+            response.message = "no model (parameter model): the map's labels come from parameter label_names"
+            return response
+        try:
+            names = [validate_query(name, 0, 0.0) for name in request.names]
+        except QueryError as exc:
+            response.success, response.message = False, f"vocabulary name: {exc}"
+            return response
+        result = self.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names)])[0]
+        response.names = self.config.vocabulary or self.semantic.segmenter.vocabulary
+        response.success = result.successful
+        response.message = (f"{len(response.names)} names label the semantic cloud" if result.successful
+                            else result.reason)
+        return response
 
     def _map_path(self, path: str) -> str:
         path = path or self.config.map_file

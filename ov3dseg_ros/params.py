@@ -6,6 +6,7 @@ declares ROS parameters from it (``declare_config``), ``config/default.yaml`` is
 """
 from __future__ import annotations
 
+import array
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -15,11 +16,16 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidTopicNameException, ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.validate_full_topic_name import validate_full_topic_name
 
 from ov3dseg_core.mapping.query import DEFAULT_MIN_VOXELS
 
 NODE_NAME = "ov3dseg_mapper"
+RELIABILITIES = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+"""Values of the qos_*_reliability parameters."""
+QOS_INPUTS = ("image", "camera_info", "lidar")
+"""Input kinds with their own qos_<kind>_reliability and qos_<kind>_depth parameters."""
 
 
 class ParameterError(ValueError):
@@ -76,6 +82,17 @@ class MapperConfig:
                             "waiting frames (bag loop), seconds; 0 = never", lo=0.0, hi=3600.0)
     queue_size: int = _p(10, "frames waiting for TF or for the worker; the oldest is dropped beyond it",
                          lo=1, hi=1000)
+    qos_image_reliability: str = _p(
+        "best_effort", "reliability of the colour, depth and label image subscriptions (REP-2003 sensor data: "
+        "best_effort matches every publisher; reliable matches reliable publishers only, and then loses nothing)",
+        constraints="best_effort or reliable")
+    qos_image_depth: int = _p(5, "history depth of each image subscription, messages", lo=1, hi=1000)
+    qos_camera_info_reliability: str = _p("best_effort", "reliability of the camera_info subscriptions",
+                                          constraints="best_effort or reliable")
+    qos_camera_info_depth: int = _p(5, "history depth of each camera_info subscription, messages", lo=1, hi=1000)
+    qos_lidar_reliability: str = _p("best_effort", "reliability of the LiDAR PointCloud2 subscriptions",
+                                    constraints="best_effort or reliable")
+    qos_lidar_depth: int = _p(5, "history depth of each LiDAR subscription, messages", lo=1, hi=1000)
     cloud_rate_hz: float = _p(1.0, "semantic cloud publishing rate (only while subscribed); 0 = off",
                               lo=0.0, hi=100.0)
     status_rate_hz: float = _p(1.0, "status and diagnostics rate (status is also sent after every frame)",
@@ -95,8 +112,8 @@ class MapperConfig:
     model_window_radius: float = _p(4.0, "radius of the local window around the camera that a model pass covers, "
                                     "metres", lo=0.1, hi=1000.0)
     vocabulary: list[str] = _p([], "class names that label the semantic cloud from per-voxel features and that a "
-                               "/query on features must beat (empty: the model's training vocabulary)",
-                               constraints="unique, non-empty names")
+                               "/query on features must beat (empty: the model's training vocabulary); also set by "
+                               "~/set_vocabulary", constraints="unique, non-empty names", read_only=False)
     query_threshold: float = _p(0.0, "relevancy threshold of a /query that sends threshold 0 (relevancy 0.5 = the "
                                 "query ties its hardest negative); 0 = the calibrated default (the model "
                                 "checkpoint's, else the text encoder's built-in one)", lo=0.0, hi=1.0,
@@ -111,6 +128,8 @@ class MapperConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ParameterError(f"{f.name}: {value} is not a finite number")
+            if f.type.startswith("list") and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ParameterError(f"{f.name}: must be a list of strings, got {value!r}")
         if not self.map_frame or self.map_frame.startswith("/"):
             raise ParameterError(f"map_frame: {self.map_frame!r} must be a non-empty frame id without a leading '/'")
         if not self.cameras and not self.lidar_topics:
@@ -134,9 +153,20 @@ class MapperConfig:
             raise ParameterError(f"device: {self.device!r} is not cpu, cuda or cuda:N")
         if any(not n.strip() for n in self.vocabulary) or len(set(self.vocabulary)) != len(self.vocabulary):
             raise ParameterError(f"vocabulary: names must be unique and non-empty, got {self.vocabulary}")
+        for kind in QOS_INPUTS:
+            reliability = getattr(self, f"qos_{kind}_reliability")
+            if reliability not in RELIABILITIES:
+                raise ParameterError(f"qos_{kind}_reliability: {reliability!r} is not one of {sorted(RELIABILITIES)}")
         if self.label_template.count("{}") != 1:
             raise ParameterError(f"label_template: {self.label_template!r} must contain '{{}}' exactly once")
         return self
+
+    def sensor_qos(self, kind: str) -> QoSProfile:
+        """Subscription QoS of one input kind ('image', 'camera_info' or 'lidar'): SensorDataQoS with this
+        config's reliability and depth."""
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=getattr(self, f"qos_{kind}_depth"),
+                          reliability=RELIABILITIES[getattr(self, f"qos_{kind}_reliability")],
+                          durability=DurabilityPolicy.VOLATILE)
 
     def topic(self, camera: str, stream: str) -> str:
         """Input topic of one camera: stream is 'color', 'depth', 'camera_info' or 'semantic'."""
@@ -182,7 +212,7 @@ def coerce_value(name: str, value: Any) -> Any:
     kind = _kind(name)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind is list and isinstance(value, tuple):
+    if kind is list and isinstance(value, (tuple, array.array)):
         return list(value)
     return value
 
@@ -219,7 +249,7 @@ def declare_config(node: Node) -> MapperConfig:
 def on_set_parameters(current: MapperConfig, params: list[Parameter],
                       ) -> tuple[MapperConfig | None, SetParametersResult]:
     """Validate a live parameter change; returns (the new config or None, the result for rclpy)."""
-    changes = {p.name: p.value for p in params if p.name in FIELDS}
+    changes = {p.name: coerce_value(p.name, p.value) for p in params if p.name in FIELDS}
     try:
         new = dataclasses.replace(current, **changes).validate()
     except (ParameterError, TypeError) as exc:

@@ -29,7 +29,7 @@ from ov3dseg_ros.conversions import ns_to_stamp
 from ov3dseg_ros.graph import NodeGraph, resolve_params
 from ov3dseg_ros.mapping_node import MappingNode
 from ov3dseg_ros.msg import MapStatus
-from ov3dseg_ros.params import MapperConfig
+from ov3dseg_ros.params import QOS_INPUTS, MapperConfig
 from ov3dseg_ros.query_client import QueryClient
 from ov3dseg_ros.timing import StageTimings
 
@@ -181,6 +181,8 @@ def replay_bag(bag_path: str | Path, params: dict[str, Any] | None = None, oracl
                 MapperConfig().topic(ns, "semantic") in topics for ns in cameras):
             label_names = read_label_names(reader)
         overrides = {**(params or {}), "use_sim_time": True, "label_names": label_names}
+        if deterministic:  # it waits for every frame: subscribe reliably, so that none is lost on the way
+            overrides.update({f"qos_{kind}_reliability": "reliable" for kind in QOS_INPUTS})
         if not queries:  # nobody will ask: do not spend CPU on loading the text encoder during the replay
             overrides["text_encoder"] = ""
 

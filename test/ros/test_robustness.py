@@ -150,7 +150,7 @@ def test_corrupt_clouds_are_dropped_and_nan_points_skipped(graph_rig):
     assert isinstance(good, PointCloud2)
 
 
-@params(queue_size=3, tf_timeout_s=30.0)
+@params(queue_size=3, tf_timeout_s=30.0, qos_image_depth=10, qos_camera_info_depth=10)
 def test_flood_keeps_queues_bounded_and_the_newest_frames_win(graph_rig):
     graph, rig = graph_rig
     color, _, _ = wall_images()
