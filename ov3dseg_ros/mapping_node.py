@@ -135,11 +135,11 @@ class MappingNode(Node):
             self.create_subscription(PointCloud2, topic, lambda m, t=topic: self._on_cloud(t, m),
                                      cfg.sensor_qos("lidar"), callback_group=sensors)
 
-        self.cloud_pub = self.create_publisher(PointCloud2, "/ov3dseg/semantic_cloud", MAP_QOS)
-        self.marker_pub = self.create_publisher(MarkerArray, "/ov3dseg/query_markers", MAP_QOS)
-        self.status_pub = self.create_publisher(MapStatus, "/ov3dseg/status", MAP_QOS)
+        self.cloud_pub = self.create_publisher(PointCloud2, "ov3dseg/semantic_cloud", MAP_QOS)
+        self.marker_pub = self.create_publisher(MarkerArray, "ov3dseg/query_markers", MAP_QOS)
+        self.status_pub = self.create_publisher(MapStatus, "ov3dseg/status", MAP_QOS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(Query, "/query", self._on_query, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(Query, "query", self._on_query, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=map_services)
         self.create_service(LoadMap, "~/load_map", self._on_load_map, callback_group=map_services)
         self.create_service(Trigger, "~/clear", self._on_clear, callback_group=map_services)

@@ -1,7 +1,6 @@
 """Parameters: declarations, start-up validation, parameter files, live changes, launch file and entry points."""
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
 import os
@@ -14,7 +13,7 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
 
 from ov3dseg_core import cli
-from ov3dseg_ros.graph import DEFAULT_PARAMS, NODES, NodeGraph, load_params_file
+from ov3dseg_ros.graph import DEFAULT_PARAMS, NodeGraph, load_params_file
 from ov3dseg_ros.params import FIELDS, NODE_NAME, MapperConfig, ParameterError, render_default_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,22 +90,6 @@ def test_descriptors_and_live_changes(ros_context):
         assert not fixed.successful and "read-only" in fixed.reason
     finally:
         graph.shutdown()
-
-
-def test_launch_file_starts_the_same_node_with_the_default_parameters():
-    tree = ast.parse((ROOT / "launch" / "mapping.launch.py").read_text())
-    nodes = []
-    for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
-            kw = {k.arg: k.value for k in call.keywords}
-            nodes.append(tuple(kw[key].value for key in ("package", "executable", "name")))
-            remapped = {pair.elts[0].value for pair in kw["remappings"].elts}
-    assert nodes == [(n.package, n.executable, n.name) for n in NODES]
-    strings = {c.value for c in ast.walk(tree) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
-    assert {"params_file", "config", "default.yaml", "use_sim_time"} <= strings
-    cfg = MapperConfig(label_names=["a"])
-    inputs = {cfg.topic(ns, s) for ns in cfg.cameras for s in ("color", "depth", "camera_info", "semantic")}
-    assert remapped == inputs | set(cfg.lidar_topics)
 
 
 def test_mapping_node_script_reports_bad_parameters(ros_domain):

@@ -18,8 +18,9 @@ from ov3dseg_core.models.text import apply_template
 from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_array
 from ov3dseg_ros.conversions import image_msg
 from ov3dseg_ros.graph import NodeGraph
+from ov3dseg_ros.mapping_node import MappingNode
 from ov3dseg_ros.msg import MapStatus
-from ov3dseg_ros.params import ParameterError
+from ov3dseg_ros.params import ParameterError, to_parameter
 from ov3dseg_ros.srv import EncodeText, SetVocabulary
 from ros_rig import OPTICAL_FRAME, TEST_PARAMS, call_service, camera_info_msg, start_graph, wait_until, wall_images
 
@@ -192,3 +193,18 @@ def test_text_services_on_a_label_only_map(ros_context):
         assert not answer.success and "label_names" in answer.message
     finally:
         graph.shutdown()
+
+
+def test_namespace_applies_to_outputs_and_services_not_to_inputs_tf_or_diagnostics(ros_context):
+    node = MappingNode(context=ros_context, parameter_overrides=[to_parameter(k, v) for k, v in TEST_PARAMS.items()],
+                       cli_args=["--ros-args", "-r", "__ns:=/robot1"])
+    try:
+        published = {p.topic_name for p in node.publishers}
+        assert {"/robot1/ov3dseg/semantic_cloud", "/robot1/ov3dseg/query_markers", "/robot1/ov3dseg/status",
+                "/diagnostics"} <= published
+        services = {s.service_name for s in node.services}
+        assert {"/robot1/query", "/robot1/ov3dseg_mapper/set_vocabulary", "/robot1/ov3dseg_mapper/encode_text",
+                "/robot1/ov3dseg_mapper/save_map"} <= services
+        assert {s.topic_name for s in node.subscriptions} >= {"/camera/color/image_raw", "/tf", "/tf_static"}
+    finally:
+        node.destroy_node()
