@@ -44,6 +44,7 @@ from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_xyz
 from ov3dseg_ros.conversions import (color_to_rgb, header, hit_markers, object_hit_msg, pointcloud2_msg,
                                      query_cloud_points, semantic_cloud_points, stamp_to_ns)
 from ov3dseg_ros.frame_queue import FrameQueue, PendingFrame
+from ov3dseg_ros.input_diagnostics import InputMonitor
 from ov3dseg_ros.msg import MapStatus
 from ov3dseg_ros.params import NODE_NAME, MapperConfig, ParameterError, declare_config, on_set_parameters
 from ov3dseg_ros.srv import EncodeText, LoadMap, Query, SaveMap, SetVocabulary
@@ -123,6 +124,7 @@ class MappingNode(Node):
         streams = ("color", "depth", "semantic") if cfg.label_names else ("color", "depth")
         self._syncs = {ns: StampSynchronizer(streams, int(cfg.sync_tolerance_s * 1e9), depth=2 * cfg.queue_size)
                        for ns in cfg.cameras}
+        self._inputs = {topic: InputMonitor(topic) for topic in self._input_topics(streams)}
         for ns in cfg.cameras:
             for stream in streams:
                 self.create_subscription(Image, cfg.topic(ns, stream),
@@ -168,6 +170,12 @@ class MappingNode(Node):
             f"{cfg.voxel_size * 100:g} cm voxels" + (f", {len(cfg.label_names)} labels" if cfg.label_names else ""))
 
     # -- life cycle ----------------------------------------------------------------------------------------
+    def _input_topics(self, streams: tuple[str, ...]) -> list[str]:
+        """Every subscribed sensor topic (images, camera_info, LiDAR), as /diagnostics reports them."""
+        cfg = self.config
+        cameras = [cfg.topic(ns, s) for ns in cfg.cameras for s in (*streams, "camera_info")]
+        return [*cameras, *cfg.lidar_topics]
+
     def _initial_map(self, cfg: MapperConfig) -> VoxelMap:
         """An empty map from the parameters, or the ``initial_map`` file (which must match them)."""
         feature_dim = self.semantic.segmenter.feature_dim if self.semantic is not None else cfg.feature_dim
@@ -250,6 +258,7 @@ class MappingNode(Node):
         except ValueError as exc:
             self._count_bad_input(f"{self.config.topic(camera, stream)}: {exc}")
             return
+        self._inputs[self.config.topic(camera, stream)].tick(stamp_ns, self._now_ns())
         matched = self._syncs[camera].add(stream, stamp_ns, msg)
         if matched is not None:
             _, messages = matched
@@ -262,6 +271,10 @@ class MappingNode(Node):
             self._cameras[camera] = PinholeCamera.from_camera_info(msg)
         except ValueError as exc:
             self._cameras[camera] = f"invalid camera_info: {exc}"
+        try:
+            self._inputs[self.config.topic(camera, "camera_info")].tick(stamp_to_ns(msg.header.stamp), self._now_ns())
+        except ValueError:
+            pass  # a malformed stamp is no rate or delay sample
         self.queue.notify()
 
     def _on_cloud(self, topic: str, msg: PointCloud2) -> None:
@@ -270,6 +283,7 @@ class MappingNode(Node):
         except ValueError as exc:
             self._count_bad_input(f"{topic}: {exc}")
             return
+        self._inputs[topic].tick(stamp_ns, self._now_ns())
         self._enqueue(PendingFrame("cloud", topic, msg.header.frame_id.lstrip("/"), stamp_ns, self._now_ns(),
                                    {"cloud": msg}))
 
@@ -480,7 +494,10 @@ class MappingNode(Node):
         diag = DiagnosticStatus(level=level, name=f"{self.get_name()}: mapping", hardware_id=self.get_name(),
                                 message="queue full" if level else "ok",
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        self.diagnostics_pub.publish(DiagnosticArray(header=header(self._now_ns(), ""), status=[diag]))
+        now_ns, limits, name = self._now_ns(), self.config.input_limits(), self.get_name()
+        inputs = [monitor.status(now_ns, limits, f"{name}: input {topic}", name)
+                  for topic, monitor in self._inputs.items()]
+        self.diagnostics_pub.publish(DiagnosticArray(header=header(now_ns, ""), status=[diag, *inputs]))
 
     # -- services ------------------------------------------------------------------------------------------
     def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:

@@ -20,6 +20,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.validate_full_topic_name import validate_full_topic_name
 
 from ov3dseg_core.mapping.query import DEFAULT_MIN_VOXELS
+from ov3dseg_ros.input_diagnostics import InputLimits
 
 NODE_NAME = "ov3dseg_mapper"
 RELIABILITIES = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
@@ -97,6 +98,20 @@ class MapperConfig:
                               lo=0.0, hi=100.0)
     status_rate_hz: float = _p(1.0, "status and diagnostics rate (status is also sent after every frame)",
                                lo=0.1, hi=100.0)
+    diag_min_rate_hz: float = _p(1.0, "per-input diagnostics: WARN below this message rate (0 = no lower limit); "
+                                 "ERROR when no message arrived within diag_window_s", lo=0.0, hi=1000.0,
+                                 read_only=False)
+    diag_max_rate_hz: float = _p(0.0, "per-input diagnostics: WARN above this message rate; 0 = no upper limit",
+                                 lo=0.0, hi=10_000.0, read_only=False)
+    diag_rate_tolerance: float = _p(0.1, "fraction a rate may pass diag_min_rate_hz / diag_max_rate_hz by before "
+                                    "WARN", lo=0.0, hi=1.0, read_only=False)
+    diag_window_s: float = _p(5.0, "sliding window of the per-input rate and delay statistics, seconds", lo=0.1,
+                              hi=3600.0, read_only=False)
+    diag_delay_warn_s: float = _p(1.0, "per-input diagnostics: WARN when a header stamp is older than this at "
+                                  "receipt (or this far in the future), seconds", lo=0.0, hi=3600.0,
+                                  read_only=False, constraints="< diag_delay_error_s")
+    diag_delay_error_s: float = _p(5.0, "per-input diagnostics: ERROR when a header stamp is older than this at "
+                                   "receipt, seconds", lo=0.0, hi=3600.0, read_only=False)
     map_file: str = _p("ov3dseg_map.safetensors", "map file used by ~/save_map and ~/load_map when no path is "
                        "given", read_only=False)
     initial_map: str = _p("", "map file loaded at start-up (empty: start with an empty map)")
@@ -146,7 +161,8 @@ class MapperConfig:
             raise ParameterError(f"label_names: names must be unique and non-empty, got {self.label_names}")
         if len(self.label_names) >= 65535:
             raise ParameterError(f"label_names: {len(self.label_names)} names do not fit 16-bit label images")
-        for lo, hi in (("depth_min_range", "depth_max_range"), ("lidar_min_range", "lidar_max_range")):
+        for lo, hi in (("depth_min_range", "depth_max_range"), ("lidar_min_range", "lidar_max_range"),
+                       ("diag_delay_warn_s", "diag_delay_error_s")):
             if not getattr(self, lo) < getattr(self, hi):
                 raise ParameterError(f"{lo} ({getattr(self, lo)}) must be smaller than {hi} ({getattr(self, hi)})")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
@@ -167,6 +183,11 @@ class MapperConfig:
         return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=getattr(self, f"qos_{kind}_depth"),
                           reliability=RELIABILITIES[getattr(self, f"qos_{kind}_reliability")],
                           durability=DurabilityPolicy.VOLATILE)
+
+    def input_limits(self) -> InputLimits:
+        """Thresholds of the per-input diagnostics (the diag_* parameters)."""
+        return InputLimits(self.diag_min_rate_hz, self.diag_max_rate_hz, self.diag_rate_tolerance,
+                           self.diag_window_s, self.diag_delay_warn_s, self.diag_delay_error_s)
 
     def topic(self, camera: str, stream: str) -> str:
         """Input topic of one camera: stream is 'color', 'depth', 'camera_info' or 'semantic'."""
