@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate-query": ("ov3dseg_core.commands.calibrate_query",
                         "calibrate a model's /query decision on validation scenes and store it in the checkpoint"),
     "demo": ("ov3dseg_ros.commands.demo", "the end-to-end demo: simulate, replay, query, evaluate, render"),
+    "export": ("ov3dseg_core.commands.export", "export a saved map as PLY, PCD or OpenLex3D prediction files"),
 }
 
 
