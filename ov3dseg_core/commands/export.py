@@ -1,21 +1,23 @@
-"""``ov3dseg export MAP --format ply|pcd|openlex3d [--out PATH]``: a saved map as files other tools read."""
+"""``ov3dseg export MAP --format ply|pcd|mesh|openlex3d [--out PATH]``: a saved map as files other tools read."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from ov3dseg_core.mapping.exports import OPENLEX3D_FILES, voxel_points, write_openlex3d, write_pcd
+from ov3dseg_core.mapping.exports import (OPENLEX3D_FILES, voxel_mesh, voxel_points, write_mesh_ply,
+                                          write_openlex3d, write_pcd)
 from ov3dseg_core.mapping.map_file import MapFileError, export_ply, load_map
 
-SUFFIXES = {"ply": ".ply", "pcd": ".pcd", "openlex3d": "_openlex3d"}
+SUFFIXES = {"ply": ".ply", "pcd": ".pcd", "mesh": "_mesh.ply", "openlex3d": "_openlex3d"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("map", help="map file (.safetensors, as ~/save_map and --save-map write it)")
     parser.add_argument("--format", required=True, choices=sorted(SUFFIXES),
-                        help="ply / pcd: one point per voxel (x y z, colour, label, score); openlex3d: a folder "
-                             f"with {', '.join(OPENLEX3D_FILES)} for the OpenLex3D benchmark")
+                        help="ply / pcd: one point per voxel (x y z, colour, label, score); mesh: PLY of the "
+                             "voxels' exposed cube faces with their colours; openlex3d: a folder with "
+                             f"{', '.join(OPENLEX3D_FILES)} for the OpenLex3D benchmark")
     parser.add_argument("--out", help="output file (ply, pcd) or folder (openlex3d); default: next to MAP")
     parser.add_argument("--text-encoder", default="minilm",
                         help="openlex3d on a label-only map: encoder of the label names (default: minilm)")
@@ -35,6 +37,10 @@ def main(args: argparse.Namespace) -> int:
     elif args.format == "pcd":
         write_pcd(path, voxel_points(voxel_map))
         print(f"wrote {len(voxel_map)} voxels to {path}")
+    elif args.format == "mesh":
+        vertices, colors, triangles = voxel_mesh(voxel_map)
+        write_mesh_ply(path, vertices, colors, triangles)
+        print(f"wrote {len(triangles)} triangles ({len(vertices)} vertices) to {path}")
     else:
         try:
             points, rows = write_openlex3d(path, voxel_map, _label_embeddings(voxel_map, args))

@@ -87,3 +87,22 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     VoxelMap(VoxelMapConfig(feature_dim=4)).save(empty)
     assert cli_main(["export", str(empty), "--format", "openlex3d"]) == 1
     assert "no voxel with features" in capsys.readouterr().err
+
+
+def test_mesh_is_the_exposed_cube_faces_outward(tmp_path, capsys):
+    vmap = VoxelMap(VoxelMapConfig(voxel_size=0.1))
+    centres = np.array([[0.05, 0.05, 0.05], [0.15, 0.05, 0.05], [1.05, 1.05, 1.05]], np.float32)  # two touch
+    vmap.integrate(centres, np.array([[255, 0, 0], [255, 0, 0], [0, 0, 255]], np.uint8))
+    path = tmp_path / "map.safetensors"
+    vmap.save(path)
+    assert cli_main(["export", str(path), "--format", "mesh"]) == 0
+    assert "wrote 32 triangles (64 vertices)" in capsys.readouterr().out  # 10 + 6 faces, 2 triangles each
+    mesh = o3d.io.read_triangle_mesh(str(tmp_path / "map_mesh.ply"))
+    vertices, triangles = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    assert len(triangles) == 32 and np.isin(vertices.round(6), [0.0, 0.1, 0.2, 1.0, 1.1]).all()
+    corners = vertices[triangles]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    owner = centres[np.linalg.norm(corners.mean(1)[:, None] - centres[None], axis=2).argmin(1)]
+    assert (np.einsum("ij,ij->i", normals, corners.mean(1) - owner) > 0).all()  # every face points outwards
+    blue = (np.asarray(mesh.vertex_colors) == [0, 0, 1]).all(1)
+    assert blue.sum() == 24 and (vertices[blue] >= 1.0 - 1e-6).all()
