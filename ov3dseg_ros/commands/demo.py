@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 DEMO_SEED = 900_001
-"""A scene seed outside the training (0..29) and held-out evaluation (100000..) ranges."""
+"""A scene seed outside the embedded default's training, validation and held-out ranges (set in
+ov3dseg_core/configs/ov3d_default.yaml, its ``data`` section, and checked in test/ros/test_demo_seed.py)."""
 DEFAULT_QUERIES = ("chair", "table", "sofa", "couch", "bookshelf", "desk")
 
 
