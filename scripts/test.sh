@@ -8,4 +8,7 @@ cd "$ROOT"
 # shellcheck disable=SC1091
 set +u; . .venv/bin/activate; set -u
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# One OpenMP thread unless asked otherwise: on the 2-core CI machine a second thread spins against the ROS
+# executors and any other process, and slows torch/spconv steps several-fold (tests that need threads set them).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec python -m pytest "${@:-test}"
