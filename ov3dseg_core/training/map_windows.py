@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ov3dseg_core.atomic_write import atomic_path
 from ov3dseg_core.data.frames import Scene
-from ov3dseg_core.eval.matching import match_points_to_voxels
+from ov3dseg_core.eval.matching import match_points_to_voxels, pack_keys, voxel_indices
 from ov3dseg_core.geometry.camera import backproject_depth
 from ov3dseg_core.geometry.transforms import transform_points
 from ov3dseg_core.labels import IGNORE_LABEL
@@ -121,7 +121,7 @@ def cached_fused_scene(scene: Scene, voxel_size: float, cache_dir: str | Path, m
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **{k: v for k, v in vars(fused).items()})
+            np.savez(f, **vars(fused))
     return fused
 
 
@@ -200,9 +200,9 @@ class MapWindowDataset(Dataset):
         select = self._window(scene, rng)
         positions = scene.positions[select]
         points, feats = self._augment(positions, scene.colors[select], rng)
-        keys = np.floor(points / self.cfg.voxel_size).astype(np.int64)
+        keys = voxel_indices(points, self.cfg.voxel_size)
         order = rng.permutation(len(keys))  # one random voxel wins where augmentation merges two
-        _, first = np.unique(keys[order], axis=0, return_index=True)
+        _, first = np.unique(pack_keys(keys[order]), return_index=True)
         keep = np.sort(order[first])
         select, points, feats, keys = select[keep], points[keep], feats[keep], keys[keep]
         region_point, region_id, texts, view_text = self._captions(scene, select, rng)
