@@ -41,6 +41,9 @@ itself in the vocabulary. Measured: couch/sofa 0.86, fridge/refrigerator 0.96, t
 distinct ScanNet-20 classes 0.14-0.67 (median 0.34), except curtain/shower curtain 0.85, hence the vocabulary rule."""
 DEFAULT_MIN_VOXELS = 10
 """Smallest object, in voxels (the node's ``query_min_voxels`` default; 10 voxels of 5 cm = a 25 cm^2 patch)."""
+MAX_OBJECTS = 1000
+"""Most objects a query result holds (the best by confidence); a query matching everything on a large map would
+otherwise build hundreds of thousands of them."""
 MERGE_GAP_VOXELS = 1
 """Matching voxels up to this many empty voxels apart belong to one object (a chair's legs and seat)."""
 SUPPORT_VOXELS = 100.0
@@ -83,7 +86,7 @@ class QueryCalibration:
 
 
 FEATURE_CALIBRATION = QueryCalibration(0.5, -1.0, "built-in default: the query must beat its hardest negative")
-"""Used for feature maps whose model checkpoint carries no calibration (``ov3dseg calibrate-query`` adds one)."""
+"""Used for feature maps whose model checkpoint carries no calibration (``ov3dseg calibrate`` adds one)."""
 LABEL_CALIBRATIONS = {"minilm": QueryCalibration(0.5, 0.5, "built-in for MiniLM label names")}
 """Label-only maps, per text encoder type. MiniLM floor 0.5: distinct ScanNet-20 class names score 0.14-0.67
 (95 % below 0.52) against each other, synonyms 0.7-0.96; other encoders: FEATURE_CALIBRATION."""
@@ -208,17 +211,25 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
                    label: str = "") -> QueryResult:
     """Answer a query from per-voxel features: query_embedding (D,) and negative_embeddings (K, D) (the
     embeddings of ``negative_names``, with the model's prompt template; normalised here). Objects are labelled
-    ``label`` (the query text). threshold 0 = the calibrated default; top_k limits the returned voxels (0 = all)."""
+    ``label`` (the query text). threshold 0 = the calibrated default; top_k limits the returned voxels (0 = all).
+
+    Cosines come from the map's int8 feature copy (``feature_similarity(compact=True)``, about 1e-2 off the float16
+    values, half the bytes to read): with a floor above -1 the query first, then the negatives for the voxels at
+    or above the floor only (the others cannot match); with floor -1 all in one pass over the features."""
     _check_limits(top_k, threshold)
     dim = voxel_map.config.feature_dim
     if dim == 0:
         raise QueryError("the map stores no features (feature_dim=0); use query_labels")
     table = _query_table(query_embedding, negative_embeddings, dim)
-    with voxel_map.lock:  # negatives only for the voxels at or above the floor (the others cannot match)
-        query_cosine = voxel_map.feature_similarity(table[0])
-        candidates = np.flatnonzero(query_cosine >= calibration.floor)
-        hardest = np.full(len(query_cosine), np.inf, np.float32)
-        hardest[candidates] = _hardest(voxel_map.feature_similarity(table[1:], candidates))
+    with voxel_map.lock:
+        if calibration.floor <= -1.0:
+            cosine = voxel_map.feature_similarity(table, compact=True)
+            query_cosine, hardest = cosine[:, 0], _hardest(cosine[:, 1:])
+        else:
+            query_cosine = voxel_map.feature_similarity(table[0], compact=True)
+            candidates = np.flatnonzero(query_cosine >= calibration.floor)
+            hardest = np.full(len(query_cosine), np.inf, np.float32)
+            hardest[candidates] = _hardest(voxel_map.feature_similarity(table[1:], candidates, compact=True))
         score, matches = decide(query_cosine, hardest, calibration, threshold)
         return _answer(voxel_map, score, matches, calibration.threshold_for(threshold), top_k, min_voxels,
                        default_label=label)
@@ -246,30 +257,58 @@ def query_labels(voxel_map: VoxelMap, query_embedding, negative_embeddings, labe
     per_label = labels_table @ table.T  # (L, 1 + K)
     label_query = np.append(per_label[:, 0], -np.inf)  # index -1 (unlabelled) -> -inf
     label_hardest = np.append(_hardest(per_label[:, 1:]), -np.inf)
-    with voxel_map.lock:
+    with voxel_map.lock:  # only the snapshot holds the lock: grouping runs while the map integrates
         labels, _ = voxel_map.labels()
         score, matches = decide(label_query[labels], label_hardest[labels], calibration, threshold)
-        return _answer(voxel_map, score, matches, calibration.threshold_for(threshold), top_k, min_voxels,
-                       labels, names)
+        chosen = _MatchedVoxels.of(voxel_map, matches)
+    return chosen.result(score, calibration.threshold_for(threshold), top_k, min_voxels, labels, names)
+
+
+@dataclass
+class _MatchedVoxels:
+    """The matching voxels of one map state: indices (C,) into its accessor order, keys (C, 3), positions (C, 3)."""
+
+    indices: np.ndarray
+    keys: np.ndarray
+    positions: np.ndarray
+    voxel_size: float
+
+    @classmethod
+    def of(cls, voxel_map: VoxelMap, matches: np.ndarray) -> "_MatchedVoxels":
+        """Copy the voxels where ``matches`` (M,) holds; call with the map's lock held."""
+        chosen = np.flatnonzero(matches)
+        return cls(chosen, voxel_map.keys(chosen), voxel_map.positions(chosen), voxel_map.voxel_size)
+
+    def result(self, score: np.ndarray, threshold: float, top_k: int, min_voxels: int,
+               labels: np.ndarray | None = None, label_names: Sequence[str] | None = None,
+               default_label: str = "") -> QueryResult:
+        """The QueryResult: these voxels grouped into objects (at most MAX_OBJECTS), the objects' voxels best
+        relevancy first (at most top_k; 0 = all); score and labels are (M,) over the whole map."""
+        chosen = self.indices
+        objects, rank = group_voxels(self.keys, score[chosen], self.voxel_size,
+                                     None if labels is None else labels[chosen], label_names, default_label,
+                                     min_voxels, MAX_OBJECTS)
+        kept = np.flatnonzero(rank >= 0)  # the kept objects' voxels, best relevancy first
+        kept = kept[np.argsort(-score[chosen[kept]], kind="stable")][:top_k or None]
+        members = chosen[kept]
+        return QueryResult(members, score[members], self.positions[kept], objects, threshold,
+                           float(score.max(initial=0.0)))
 
 
 def _answer(voxel_map: VoxelMap, score: np.ndarray, matches: np.ndarray, threshold: float, top_k: int,
             min_voxels: int, labels: np.ndarray | None = None, label_names: Sequence[str] | None = None,
             default_label: str = "") -> QueryResult:
     """The QueryResult of a decision (score, matches: (M,) over the map's voxels); call with the map's lock held."""
-    chosen = np.flatnonzero(matches)
-    objects, rank = group_voxels(voxel_map.keys(chosen), score[chosen], voxel_map.voxel_size,
-                                 None if labels is None else labels[chosen], label_names, default_label, min_voxels)
-    members = chosen[rank >= 0]  # the kept objects' voxels, best relevancy first
-    members = members[np.argsort(-score[members], kind="stable")][:top_k or None]
-    return QueryResult(members, score[members], voxel_map.positions(members), objects, threshold,
-                       float(score.max(initial=0.0)))
+    return _MatchedVoxels.of(voxel_map, matches).result(score, threshold, top_k, min_voxels, labels, label_names,
+                                                       default_label)
 
 
 def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequence[str] | None = None,
-                 default_label: str = "", min_voxels: int = 1) -> tuple[list[ObjectGroup], np.ndarray]:
+                 default_label: str = "", min_voxels: int = 1, max_groups: int = 0,
+                 ) -> tuple[list[ObjectGroup], np.ndarray]:
     """Group voxels into objects: voxels at most MERGE_GAP_VOXELS + 1 apart along every axis connect (with
-    ``labels``, only voxels of one label), groups of fewer than ``min_voxels`` are dropped.
+    ``labels``, only voxels of one label), groups of fewer than ``min_voxels`` are dropped, and only the best
+    ``max_groups`` are kept (0 = all).
 
     keys: (K, 3) int voxel indices; scores: (K,) relevancy in [0, 1]; labels: optional (K,) int ids naming each
     group ``label_names[id]`` (or ``str(id)``), else ``default_label``. Returns the groups ranked by confidence
@@ -299,21 +338,23 @@ def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequ
     on_object = group_keys[_nearest_to_mean(group_keys, starts, counts)]
     first = by_group[starts]
 
+    ranked = np.lexsort((-counts, -best, -confidence))
+    ranked = ranked[counts[ranked] >= min_voxels][:max_groups or None]
     rank = np.full(len(starts), -1, np.int64)
-    groups = []
-    for g in np.lexsort((-counts, -best, -confidence)):
-        if counts[g] < min_voxels:
-            continue
-        rank[g] = len(groups)
-        if labels is None:
-            name = default_label
-        else:
-            label_id = int(labels[first[g]])
-            name = label_names[label_id] if label_names is not None else str(label_id)
-        groups.append(ObjectGroup(label=name, score=float(best[g]), mean_score=float(mean[g]),
-                                  confidence=float(confidence[g]), center=(on_object[g] + 0.5) * voxel_size,
-                                  box_center=(key_min[g] + key_max[g] + 1) * 0.5 * voxel_size,
-                                  size=(key_max[g] - key_min[g] + 1) * float(voxel_size), num_voxels=int(counts[g])))
+    rank[ranked] = np.arange(len(ranked))
+    centers = (on_object[ranked] + 0.5) * voxel_size
+    box_centers = (key_min[ranked] + key_max[ranked] + 1) * 0.5 * voxel_size
+    sizes = (key_max[ranked] - key_min[ranked] + 1) * float(voxel_size)
+    if labels is None:
+        names = [default_label] * len(ranked)
+    else:
+        ids = np.asarray(labels)[first[ranked]].tolist()
+        names = [label_names[i] for i in ids] if label_names is not None else [str(i) for i in ids]
+    groups = [ObjectGroup(label=name, score=b, mean_score=m, confidence=c, center=center, box_center=box,
+                          size=size, num_voxels=n)
+              for name, b, m, c, center, box, size, n in zip(
+                  names, best[ranked].tolist(), mean[ranked].tolist(), confidence[ranked].tolist(), centers,
+                  box_centers, sizes, counts[ranked].tolist())]
     voxel_rank = np.empty(k, np.int64)
     voxel_rank[by_group] = np.repeat(rank, counts)
     return groups, voxel_rank

@@ -1,9 +1,13 @@
 """Sparse voxel map with a fixed world origin: geometry, colour, label distribution and float16 features per voxel.
 
 Voxel index = floor(p / voxel_size) (float32 division) in the map frame, so indices never shift as the map grows.
-Voxels live in slot arrays (torch, on ``config.device``); a sorted array of packed int64 keys with the matching slot
-numbers is the hash index (lookup by ``searchsorted``). One frame is reduced to its unique voxels first (a dense grid
-over the frame's bounding box, or a sort when that box is huge), so only those voxels touch the global index.
+Voxels live in slot arrays (torch, on ``config.device``); on CPU the arrays reserve the whole voxel budget up front
+(untouched pages cost no memory), so the map grows without copying. The index is two sorted arrays of packed int64
+keys with their slot numbers (lookup by ``searchsorted``): a main array and a small delta that takes new voxels in
+O(delta) per frame; the O(map) merge of the two runs outside the lock (or when an accessor needs the full order).
+One frame is reduced to its unique voxels first (a dense grid over the frame's bounding box, or a sort when that box
+is huge), so only those voxels touch the global index. Features are stored as float16 (what fusion and files use)
+plus a derived int8 copy with a per-voxel scale, which queries score (half the bytes to read).
 
 Memory is bounded by ``max_voxels`` (when exceeded, the voxels farthest from the last sensor origin are evicted,
 or the least recently updated ones when no sensor origin was ever given) and by ``clearing_radius`` (voxels whose
@@ -41,6 +45,16 @@ at most that distance beyond the radius."""
 DENSE_GRID_CELLS_PER_POINT = 16
 """A frame is deduplicated on a dense grid over its bounding box when the box has at most this many cells per point
 (plus 2**16); larger boxes (far LiDAR returns, outliers) fall back to sorting packed keys."""
+
+FUSION_CHUNK = 8192
+"""Rows per chunk when fusing features and refreshing derived values (float32 temporaries of FUSION_CHUNK x D)."""
+
+DELTA_FRACTION = 16
+"""The index delta is merged into the main array once it holds more than max(2**16, map size / DELTA_FRACTION)
+keys: an O(map) merge every map size / DELTA_FRACTION new voxels."""
+
+RESERVE_HEADROOM = 1 << 18
+"""Slots reserved beyond max_voxels (a frame's voxels arrive before the budget is enforced)."""
 
 FEATURE_NORM_LIMIT = 60000.0
 """Largest accepted L2 norm of a feature vector: features are stored and scored in float16 (max 65504), and a fused
@@ -159,6 +173,8 @@ _SLOT_FIELDS = {
     "stamp": (lambda L, D: (), torch.int64),
     # derived from the above, kept up to date for fast queries and accessors (not saved)
     "feature_norm": (lambda L, D: (), torch.float32),
+    "feature_code": (lambda L, D: (D,), torch.int8),  # feature ~ feature_code * feature_scale
+    "feature_scale": (lambda L, D: (), torch.float32),
     "label": (lambda L, D: (), torch.int32),
     "confidence": (lambda L, D: (), torch.float32),
 }
@@ -202,7 +218,7 @@ class VoxelMap:
 
     def __len__(self) -> int:
         with self.lock:
-            return int(self._index_keys.numel())
+            return self._num_voxels()
 
     # ------------------------------------------------------------------ integration
     def integrate(self, points, colors=None, labels=None, features=None, weights=None,
@@ -242,7 +258,8 @@ class VoxelMap:
                     stats.voxels_evicted += self._evict_outside(origin, radius)
                     self._cleared_origin = origin
             stats.voxels_evicted += self._enforce_budget()
-            stats.num_voxels = int(self._index_keys.numel())
+            stats.num_voxels = self._num_voxels()
+        self._compact_index()
         return stats
 
     def integrate_features(self, points, features, weights=None) -> IntegrationStats:
@@ -268,7 +285,8 @@ class VoxelMap:
         with self.lock:
             self._merge(frame, stats, geometry=False)
             stats.voxels_evicted += self._enforce_budget()
-            stats.num_voxels = int(self._index_keys.numel())
+            stats.num_voxels = self._num_voxels()
+        self._compact_index()
         return stats
 
     def evict_outside(self, center, radius: float) -> int:
@@ -289,7 +307,8 @@ class VoxelMap:
     def keys(self, indices=None) -> np.ndarray:
         """(M, 3) int32 voxel indices."""
         with self.lock:
-            packed = self._index_keys if indices is None else self._index_keys[self._positions_of(indices)]
+            packed, _ = self._ordered()
+            packed = packed if indices is None else packed[self._positions_of(indices)]
             return _numpy(unpack_keys(packed))
 
     def centers(self, indices=None) -> np.ndarray:
@@ -325,12 +344,13 @@ class VoxelMap:
         """(M,) float32 summed weight of the fused features (0 = no feature observed)."""
         return self._gather("feature_weight", indices)
 
-    def feature_similarity(self, embedding, indices=None) -> np.ndarray:
+    def feature_similarity(self, embedding, indices=None, compact: bool = False) -> np.ndarray:
         """Cosine similarity of each voxel's feature with ``embedding``: (D,) -> (M,), or (K, D) -> (M, K) float32;
         -inf where a voxel has no feature. ``indices``: optional (C,) voxel indices to score only those (M = C).
 
-        One float16 matrix product over the stored features (float32 accumulation in torch; no (M, D) copy of the
-        whole map, memory-bound: about 2 bytes x D read per voxel); accurate to about 3e-4.
+        compact=False: one float16 matrix product over the stored features (float32 accumulation; no (M, D) copy
+        of the whole map), accurate to about 3e-4. compact=True: the int8 copy (D bytes read per voxel, half of
+        float16; the embeddings quantised per row too), accurate to about 1e-2 (see ``int8_scores``).
         """
         if self.config.feature_dim == 0:
             raise ValueError("this map stores no features (feature_dim=0)")
@@ -343,30 +363,37 @@ class VoxelMap:
         norm = torch.linalg.vector_norm(e, dim=1, keepdim=True)
         if not bool(torch.isfinite(norm).all()) or bool((norm == 0).any()):
             raise ValueError("embedding must be finite and non-zero")
-        e = (e / norm).to(torch.float16)
+        e = e / norm
         with self.lock:
-            if indices is None:
-                slots = self._index_slots
-                dots = torch.mm(self._slots["feature"][:self._used], e.t()).float()[slots]
+            _, slots = self._ordered()
+            if indices is not None:
+                slots = slots[self._positions_of(indices)]
+            rows = None if indices is None else slots  # all voxels: score the used slots in place, then reorder
+            if compact:
+                dots = int8_scores(self._slot_rows("feature_code", rows), self._slot_rows("feature_scale", rows), e)
             else:
-                slots = self._index_slots[self._positions_of(indices)]
-                dots = torch.mm(self._slots["feature"].index_select(0, slots), e.t()).float()
-            fnorm = self._slots["feature_norm"][slots, None]
+                dots = torch.mm(self._slot_rows("feature", rows), e.to(torch.float16).t()).float()
+            if indices is None:
+                dots = dots.index_select(0, slots)
+            fnorm = self._slots["feature_norm"].index_select(0, slots)[:, None]
         cosine = (dots / fnorm.clamp_min(1e-30)).clamp_(-1.0, 1.0)
         cosine = torch.where(fnorm > 0, cosine, torch.full_like(cosine, -torch.inf))
         return _numpy(cosine[:, 0] if single else cosine)
 
     def memory_bytes(self) -> int:
-        """Bytes held by the voxel storage and index (allocated capacity, all devices)."""
+        """Bytes of the voxel storage in use (slots handed out, including freed ones awaiting reuse) and of the
+        index. Reserved but never touched slots (CPU) are not counted: the OS commits their pages on first write."""
         with self.lock:
-            tensors = [*self._slots.values(), self._index_keys, self._index_slots, self._free]
-            return int(sum(t.numel() * t.element_size() for t in tensors))
+            per_slot = sum(t[0].numel() * t.element_size() for t in self._slots.values()) if self._used else 0
+            index = [self._index_keys, self._index_slots, self._delta_keys, self._delta_slots, self._free]
+            return int(self._used * per_slot + sum(t.numel() * t.element_size() for t in index))
 
     # ------------------------------------------------------------------ state, files
     def state(self) -> dict[str, torch.Tensor]:
         """Copies of the per-voxel arrays (STATE_FIELDS, ascending key order, CPU) plus ``tick`` (0-d int64)."""
         with self.lock:
-            out = {name: self._slots[name].index_select(0, self._index_slots).cpu() for name in STATE_FIELDS}
+            _, slots = self._ordered()
+            out = {name: self._slots[name].index_select(0, slots).cpu() for name in STATE_FIELDS}
             out["tick"] = torch.tensor(self._tick, dtype=torch.int64)
             return out
 
@@ -374,7 +401,7 @@ class VoxelMap:
     def from_state(cls, config: VoxelMapConfig, state: dict, label_names: Sequence[str] | None = None) -> "VoxelMap":
         """A map holding ``state`` (as returned by ``state()``); ValueError naming the first inconsistency.
 
-        The map may adopt the given tensors without copying them: do not modify them afterwards.
+        The arrays are copied into the map's (reserved) storage, so the map grows from there without copying.
         """
         vmap = cls(config, label_names)
         L, D = config.num_labels, config.feature_dim
@@ -406,13 +433,9 @@ class VoxelMap:
             if not bool((torch.isfinite(arrays[name]) & (arrays[name] >= 0)).all()):
                 raise ValueError(f"state[{name!r}] holds negative or non-finite values")
         with vmap.lock:
+            everything = vmap._allocate(m)
             for name in STATE_FIELDS:
-                vmap._slots[name] = arrays[name].to(vmap.device).contiguous()
-            vmap._slots["feature_norm"] = torch.zeros(m, device=vmap.device)
-            vmap._slots["label"] = torch.full((m,), -1, dtype=torch.int32, device=vmap.device)
-            vmap._slots["confidence"] = torch.zeros(m, device=vmap.device)
-            vmap._used = m
-            everything = torch.arange(m, device=vmap.device)
+                vmap._slots[name][:m] = arrays[name]
             vmap._refresh_derived(everything, labels=True, features=True)
             vmap._index_keys = packed.to(vmap.device)
             vmap._index_slots = everything
@@ -439,8 +462,10 @@ class VoxelMap:
     def _reset_storage(self) -> None:
         self._slots = {name: torch.zeros((0, *shape(self.config.num_labels, self.config.feature_dim)), dtype=dtype,
                                          device=self.device) for name, (shape, dtype) in _SLOT_FIELDS.items()}
-        self._index_keys = torch.zeros(0, dtype=torch.int64, device=self.device)  # (M,) sorted packed keys
-        self._index_slots = torch.zeros(0, dtype=torch.int64, device=self.device)  # (M,) slot of each key
+        self._index_keys = torch.zeros(0, dtype=torch.int64, device=self.device)  # sorted packed keys (main)
+        self._index_slots = torch.zeros(0, dtype=torch.int64, device=self.device)  # slot of each key
+        self._delta_keys = torch.zeros(0, dtype=torch.int64, device=self.device)  # sorted keys of recent voxels
+        self._delta_slots = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._free = torch.zeros(0, dtype=torch.int64, device=self.device)  # zeroed slots below _used
         self._used = 0  # slots ever handed out (high-water mark)
         self._tick = 0  # integration calls so far (the "stamp" of a voxel is the tick of its last update)
@@ -449,35 +474,105 @@ class VoxelMap:
 
     def _gather(self, name: str, indices=None) -> np.ndarray:
         with self.lock:
-            slots = self._index_slots if indices is None else self._index_slots[self._positions_of(indices)]
+            _, slots = self._ordered()
+            slots = slots if indices is None else slots[self._positions_of(indices)]
             return _numpy(self._slots[name].index_select(0, slots))
+
+    def _slot_rows(self, name: str, slots: torch.Tensor | None) -> torch.Tensor:
+        """Rows of a slot array: of ``slots``, or all used slots (a view) when None."""
+        t = self._slots[name]
+        return t[:self._used] if slots is None else t.index_select(0, slots)
+
+    def _num_voxels(self) -> int:
+        return int(self._index_keys.numel() + self._delta_keys.numel())
+
+    def _ordered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M,) packed keys ascending and (M,) their slots (the accessor order); merges the delta in (lock held)."""
+        if self._delta_keys.numel():
+            self._index_keys, self._index_slots = _merge_sorted(self._index_keys, self._index_slots,
+                                                                self._delta_keys, self._delta_slots)
+            self._delta_keys, self._delta_slots = self._delta_keys[:0], self._delta_slots[:0]
+        return self._index_keys, self._index_slots
+
+    def _lookup(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(found (U,) bool, slots (U,) int64, undefined where not found) of ascending packed keys (lock held)."""
+        found = torch.zeros(packed.numel(), dtype=torch.bool, device=self.device)
+        slots = torch.empty(packed.numel(), dtype=torch.int64, device=self.device)
+        for keys, key_slots in ((self._index_keys, self._index_slots), (self._delta_keys, self._delta_slots)):
+            if keys.numel():
+                pos = _searchsorted(keys, packed).clamp_(max=keys.numel() - 1)
+                hit = keys.index_select(0, pos) == packed
+                slots = torch.where(hit, key_slots.index_select(0, pos), slots)
+                found |= hit
+        return found, slots
+
+    def _compact_index(self) -> None:
+        """Merge a large delta into the main index; the O(map) merge runs without the lock (call it unlocked)."""
+        with self.lock:
+            if self._delta_keys.numel() <= max(1 << 16, self._index_keys.numel() // DELTA_FRACTION):
+                return
+            main, main_slots, delta, delta_slots = (self._index_keys, self._index_slots, self._delta_keys,
+                                                    self._delta_slots)
+        merged, merged_slots = _merge_sorted(main, main_slots, delta, delta_slots)
+        with self.lock:
+            if self._index_keys is not main:  # evicted or merged meanwhile: nothing to do
+                return
+            # keys inserted since the snapshot (the delta only grew: evictions replace the main array) stay
+            later = ~_contains(delta, self._delta_keys)
+            self._index_keys, self._index_slots = merged, merged_slots
+            self._delta_keys, self._delta_slots = _rows(self._delta_keys, later), _rows(self._delta_slots, later)
 
     def _positions_of(self, indices) -> torch.Tensor:
         """(K,) int64 voxel indices on the map's device; IndexError when out of range."""
         idx = torch.as_tensor(indices, device=self.device).reshape(-1).to(torch.int64)
-        m = self._index_keys.numel()
+        m = self._num_voxels()
         if idx.numel() and (int(idx.min()) < -m or int(idx.max()) >= m):
             raise IndexError(f"voxel indices must be in [0, {m}), got [{int(idx.min())}, {int(idx.max())}]")
         return idx
 
-    def _refresh_derived(self, slots: torch.Tensor, labels: bool, features: bool, chunk: int = 8192) -> None:
-        """Recompute the argmax label, its confidence and the feature norm of ``slots``.
+    def _refresh_derived(self, slots: torch.Tensor, labels: bool, features: bool, chunk: int = FUSION_CHUNK) -> None:
+        """Recompute the argmax label and its confidence, and the feature norm and int8 copy, of ``slots``.
 
         In chunks: temporaries stay small enough for the allocator to reuse (fresh large blocks cost page faults).
         """
-        s = self._slots
         for start in range(0, slots.numel(), chunk):
             part = slots[start:start + chunk]
             if labels and self.config.num_labels:
-                counts = s["label_counts"].index_select(0, part)
-                total = counts.sum(dim=1)
-                best, arg = counts.max(dim=1)
-                seen = total > 0
-                s["label"].index_copy_(0, part, torch.where(seen, arg.to(torch.int32), -1))
-                s["confidence"].index_copy_(0, part, torch.where(seen, best / total.clamp_min(1e-30), 0.0))
+                self._refresh_labels(part)
             if features and self.config.feature_dim:
-                norms = torch.linalg.vector_norm(s["feature"].index_select(0, part).float(), dim=1)
-                s["feature_norm"].index_copy_(0, part, norms)
+                self._refresh_features(part, self._slots["feature"].index_select(0, part).float())
+
+    def _refresh_labels(self, slots: torch.Tensor) -> None:
+        s = self._slots
+        counts = s["label_counts"].index_select(0, slots)
+        total = counts.sum(dim=1)
+        best, arg = counts.max(dim=1)
+        seen = total > 0
+        s["label"].index_copy_(0, slots, torch.where(seen, arg.to(torch.int32), -1))
+        s["confidence"].index_copy_(0, slots, torch.where(seen, best / total.clamp_min(1e-30), 0.0))
+
+    def _refresh_features(self, slots: torch.Tensor, features: torch.Tensor) -> None:
+        """Norm and int8 copy of the (K, D) float32 ``features`` (the float16 values stored) of ``slots``."""
+        s = self._slots
+        s["feature_norm"].index_copy_(0, slots, torch.linalg.vector_norm(features, dim=1))
+        codes, scale = quantize_rows(features)
+        s["feature_code"].index_copy_(0, slots, codes)
+        s["feature_scale"].index_copy_(0, slots, scale)
+
+    def _fuse_features(self, slots: torch.Tensor, feature_sum: torch.Tensor, weight: torch.Tensor,
+                       chunk: int = FUSION_CHUNK) -> None:
+        """Weighted running mean of the float16 features of (U,) ``slots`` with (U, D) float32 weighted sums of
+        (U,) summed ``weight``, ``chunk`` rows at a time (float32 temporaries of chunk x D, not U x D)."""
+        s = self._slots
+        for start in range(0, slots.numel(), chunk):
+            part, w_new = slots[start:start + chunk], weight[start:start + chunk]
+            fw = s["feature_weight"].index_select(0, part)
+            fw_sum = fw + w_new
+            fused = s["feature"].index_select(0, part).float().mul_(fw[:, None])
+            fused = fused.add_(feature_sum[start:start + chunk]).div_(fw_sum[:, None]).to(torch.float16)
+            s["feature"].index_copy_(0, part, fused)
+            s["feature_weight"].index_copy_(0, part, fw_sum)
+            self._refresh_features(part, fused.float())
 
     def _points(self, points) -> torch.Tensor:
         pts = torch.as_tensor(points, device=self.device)
@@ -578,21 +673,14 @@ class VoxelMap:
         u = frame.packed.numel()
         if u == 0:
             return
-        m = self._index_keys.numel()
-        if m:
-            pos = _searchsorted(self._index_keys, frame.packed).clamp_(max=m - 1)
-            found = self._index_keys.index_select(0, pos) == frame.packed
-            slots = self._index_slots.index_select(0, pos)
-        else:
-            found = torch.zeros(u, dtype=torch.bool, device=self.device)
-            slots = torch.empty(u, dtype=torch.int64, device=self.device)
+        found, slots = self._lookup(frame.packed)
         new = (~found).nonzero().squeeze(1)
         n_new = new.numel()
         if n_new:
             new_slots = self._allocate(n_new)
             slots.index_copy_(0, new, new_slots)
             self._slots["keys"].index_copy_(0, new_slots, frame.keys.index_select(0, new))
-            self._index_keys, self._index_slots = _merge_sorted(self._index_keys, self._index_slots,
+            self._delta_keys, self._delta_slots = _merge_sorted(self._delta_keys, self._delta_slots,
                                                                 frame.packed.index_select(0, new), new_slots)
         stats.voxels_created, stats.voxels_updated = n_new, u - n_new
 
@@ -620,13 +708,7 @@ class VoxelMap:
             s["label_counts"].index_add_(0, slots, frame.label_sum)
             self._refresh_derived(slots, labels=True, features=False)
         if frame.feature_sum is not None:
-            fw = s["feature_weight"].index_select(0, slots)
-            fw_sum = fw + w_new
-            fused = (s["feature"].index_select(0, slots).float() * fw[:, None] + frame.feature_sum) / fw_sum[:, None]
-            stored = fused.to(torch.float16)
-            s["feature"].index_copy_(0, slots, stored)
-            s["feature_weight"].index_copy_(0, slots, fw_sum)
-            self._refresh_derived(slots, labels=False, features=True)
+            self._fuse_features(slots, frame.feature_sum, w_new)
         s["stamp"].index_fill_(0, slots, self._tick)
 
     def _allocate(self, n: int) -> torch.Tensor:
@@ -639,27 +721,43 @@ class VoxelMap:
         rest = n - take
         if rest:
             self._grow(self._used + rest)
+            for t in self._slots.values():
+                t[self._used:self._used + rest].zero_()
             parts.append(torch.arange(self._used, self._used + rest, device=self.device))
             self._used += rest
-        slots = torch.cat(parts) if len(parts) > 1 else parts[0]
+        slots = parts[0] if len(parts) == 1 else torch.cat(parts or [self._free[:0]])
         self._slots["label"].index_fill_(0, slots, -1)
         return slots
 
     def _grow(self, need: int) -> None:
+        """Make room for ``need`` slots. CPU: reserve the whole budget once (pages are committed when first
+        written), so growing never copies; other devices (or when that reservation fails): double the capacity."""
         capacity = self._slots["weight"].numel()
         if need <= capacity:
             return
-        new_capacity = max(need, min(max(2 * capacity, 4096), self.config.max_voxels))
-        for name, t in self._slots.items():
-            grown = torch.zeros((new_capacity, *t.shape[1:]), dtype=t.dtype, device=self.device)
-            grown[:capacity] = t
-            self._slots[name] = grown
+        doubled = max(need, min(max(2 * capacity, 4096), self.config.max_voxels))
+        if self.device.type == "cpu":
+            try:
+                self._resize(max(need, self.config.max_voxels + RESERVE_HEADROOM))
+                return
+            except RuntimeError:  # the OS refused the reservation (overcommit limits)
+                pass
+        self._resize(doubled)
+
+    def _resize(self, capacity: int) -> None:
+        """Move the used slots into uninitialised arrays of ``capacity`` slots (fresh slots are zeroed on use)."""
+        grown = {name: torch.empty((capacity, *t.shape[1:]), dtype=t.dtype, device=self.device)
+                 for name, t in self._slots.items()}
+        for name, t in grown.items():
+            t[:self._used] = self._slots[name][:self._used]
+        self._slots = grown
 
     def _evict(self, mask: torch.Tensor) -> int:
         """Drop the voxels at index positions where ``mask`` (M,) is True; their slots are zeroed and freed."""
         n = int(mask.sum())
         if n == 0:
             return 0
+        self._ordered()
         freed = _rows(self._index_slots, mask)
         keep = ~mask
         self._index_keys, self._index_slots = _rows(self._index_keys, keep), _rows(self._index_slots, keep)
@@ -670,19 +768,21 @@ class VoxelMap:
         return n
 
     def _evict_outside(self, origin: torch.Tensor, radius: float) -> int:
-        d2 = _squared_distance(_centers(unpack_keys(self._index_keys), self.voxel_size), origin)
+        keys, _ = self._ordered()
+        d2 = _squared_distance(_centers(unpack_keys(keys), self.voxel_size), origin)
         return self._evict(d2 > radius ** 2)
 
     def _enforce_budget(self) -> int:
         """Evict down to eviction_target * max_voxels once max_voxels is exceeded; returns the count."""
-        m = self._index_keys.numel()
+        m = self._num_voxels()
         if m <= self.config.max_voxels:
             return 0
         excess = m - int(self.config.max_voxels * self.config.eviction_target)
+        keys, slots = self._ordered()
         if self._last_origin is not None:  # farthest from the sensor first
-            priority = _squared_distance(_centers(unpack_keys(self._index_keys), self.voxel_size), self._last_origin)
+            priority = _squared_distance(_centers(unpack_keys(keys), self.voxel_size), self._last_origin)
         else:  # least recently updated first
-            priority = -self._slots["stamp"][self._index_slots].to(torch.float64)
+            priority = -self._slots["stamp"][slots].to(torch.float64)
         victims = torch.topk(priority, excess, largest=True, sorted=False).indices
         mask = torch.zeros(m, dtype=torch.bool, device=self.device)
         mask[victims] = True
@@ -770,6 +870,42 @@ def _merge_sorted(keys: torch.Tensor, values: torch.Tensor, new_keys: torch.Tens
     merged_keys[at], merged_values[at] = new_keys, new_values
     merged_keys[old], merged_values[old] = keys, values
     return merged_keys, merged_values
+
+
+def _contains(sorted_keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: which ``values`` occur in ascending ``sorted_keys``."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+    pos = _searchsorted(sorted_keys, values).clamp_(max=sorted_keys.numel() - 1)
+    return sorted_keys.index_select(0, pos) == values
+
+
+def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, D) float rows -> (codes (K, D) int8, scale (K,) float32) with rows ~ codes * scale[:, None]
+    (scale = max |value| / 127 per row, so each value is off by at most scale / 2)."""
+    scale = rows.abs().amax(dim=1) / 127.0 if rows.shape[1] else rows.new_zeros(rows.shape[0])
+    codes = (rows / scale.clamp_min(1e-30)[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+    return codes, scale.to(torch.float32)
+
+
+def int8_scores(codes: torch.Tensor, scale: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Dot products (M, K) float32 of int8 rows (codes (M, D) int8 x scale (M,)) with (K, D) float embeddings.
+
+    The embeddings are quantised per row as well; the int8 x int8 products accumulate exactly in int32 (oneDNN
+    on x86 CPUs, reading D bytes per row), elsewhere in chunks of float32. Error: about 1e-2 for unit vectors.
+    """
+    e_codes, e_scale = quantize_rows(embeddings.to(torch.float32))
+    if codes.device.type == "cpu" and torch.backends.mkldnn.is_available() and codes.shape[0] and len(e_codes):
+        packed = torch.ops.onednn.qlinear_prepack(e_codes, [FUSION_CHUNK, codes.shape[1]])
+        zero = torch.zeros(e_codes.shape[0], dtype=torch.int64)
+        dots = torch.ops.onednn.qlinear_pointwise(codes, 1.0, 0, packed, e_scale, zero, None, 1.0, 0,
+                                                  torch.float32, "none", [None], "")
+    else:
+        e = (e_codes.to(torch.float32) * e_scale[:, None]).t()
+        dots = torch.cat([codes[i:i + FUSION_CHUNK].to(torch.float32) @ e for i in range(0, codes.shape[0],
+                                                                                       FUSION_CHUNK)]
+                         or [codes.new_zeros((0, e.shape[1]), dtype=torch.float32)])
+    return dots.mul_(scale[:, None])
 
 
 def _searchsorted(sorted_keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
