@@ -46,16 +46,29 @@ def main(args: argparse.Namespace) -> int:
     out = Path(cfg.out_dir)
 
     split = load_split(cfg.split)
-    encoder = build_text_encoder(cfg.model.text_encoder)
-    base_text = encoder.encode(apply_template(split.base, cfg.model.prompt_template))
-    scenes = fused_scenes(training_scenes(cfg.data), cfg.windows, cfg.data.cache_dir)
-    dataset = MapWindowDataset(scenes, split.base, encoder.encode, cfg.windows, seed=cfg.trainer.seed)
-    weights = torch.from_numpy(base_class_weights(scenes, split.base, cfg.class_weight_power))
-    print(f"training on {len(scenes)} fused scenes ({len(dataset)} map windows an epoch); base classes "
-          f"{list(split.base)}; held out {list(split.novel)}")
-    model = OpenVocab3D(cfg.model, base_text, class_weights=weights)
-    trainer = Trainer(model, dataset, collate_windows, cfg.trainer, out, checkpoint_config=to_dict(cfg),
-                      vocabulary=split.base)
+    if cfg.method:  # a distillation method (SAS, GeoGuide): no labels, 2D teacher features instead
+        from ov3dseg_core.models.methods import prepare_method_training
+
+        raw = training_scenes(cfg.data)
+        setup = prepare_method_training(cfg, split, raw, fused_scenes(raw, cfg.windows, cfg.data.cache_dir),
+                                        build_text_encoder(cfg.method.get("text_encoder", "minilm")))
+        print(f"training {cfg.method['type']} on {len(raw)} fused scenes ({len(setup.dataset)} map windows an epoch)")
+        cfg = dataclasses.replace(cfg, method=setup.method)
+        trainer = Trainer(setup.model, setup.dataset, setup.collate_fn, cfg.trainer, out,
+                          checkpoint_config=to_dict(cfg), vocabulary=setup.vocabulary)
+        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer,
+                                                              setup.model.lr_lambda(cfg.trainer.max_steps))
+    else:
+        encoder = build_text_encoder(cfg.model.text_encoder)
+        base_text = encoder.encode(apply_template(split.base, cfg.model.prompt_template))
+        scenes = fused_scenes(training_scenes(cfg.data), cfg.windows, cfg.data.cache_dir)
+        dataset = MapWindowDataset(scenes, split.base, encoder.encode, cfg.windows, seed=cfg.trainer.seed)
+        weights = torch.from_numpy(base_class_weights(scenes, split.base, cfg.class_weight_power))
+        print(f"training on {len(scenes)} fused scenes ({len(dataset)} map windows an epoch); base classes "
+              f"{list(split.base)}; held out {list(split.novel)}")
+        model = OpenVocab3D(cfg.model, base_text, class_weights=weights)
+        trainer = Trainer(model, dataset, collate_windows, cfg.trainer, out, checkpoint_config=to_dict(cfg),
+                          vocabulary=split.base)
     result = trainer.fit(resume=not args.no_resume)
     print(f"checkpoint: {result.checkpoint} (step {result.step})")
     if args.export:

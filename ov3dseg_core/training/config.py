@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ov3dseg_core.models.open_vocab3d import OpenVocab3DConfig
 from ov3dseg_core.training.trainer import TrainerConfig
@@ -36,6 +37,7 @@ class TrainConfig:
     split: str = "sim_b15n4"
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     model: OpenVocab3DConfig = field(default_factory=OpenVocab3DConfig)
+    method: dict[str, Any] = field(default_factory=dict)  # a distillation method ({"type": "SAS", ...}); empty: model
     windows: MapWindowConfig = field(default_factory=MapWindowConfig)
     class_weight_power: float = 0.5   # L_seg class weights: base-class voxel frequency ** -power (0 = unweighted)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
