@@ -56,9 +56,15 @@ class MapSegmenter:
         """Load a checkpoint written by ``ov3dseg train`` (config, vocabulary and base embeddings inside);
         ``path`` "default" is the embedded default model."""
         ckpt = load_checkpoint(resolve_checkpoint(path))
-        config = from_dict(OpenVocab3DConfig, ckpt.config["model"])
-        model = OpenVocab3D(config, base_text=ckpt.state_dict["base_text"])
-        model.load_state_dict({k: v.float() for k, v in ckpt.state_dict.items()})
+        if ckpt.config.get("method"):  # a distillation method (SAS, GeoGuide): built from its registered type
+            from ov3dseg_core.models.methods import load_method
+
+            model = load_method(ckpt.config["method"], ckpt.state_dict)
+            config = model.cfg
+        else:
+            config = from_dict(OpenVocab3DConfig, ckpt.config["model"])
+            model = OpenVocab3D(config, base_text=ckpt.state_dict["base_text"])
+            model.load_state_dict({k: v.float() for k, v in ckpt.state_dict.items()})
         encoder = build_text_encoder({"type": config.text_encoder})
         if encoder.dim != config.text_dim:
             raise ValueError(f"text encoder {encoder.name} gives {encoder.dim}-d embeddings, model expects "
