@@ -28,9 +28,12 @@ QUERY_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("score"
 
 
 def stamp_to_ns(stamp: Time) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds; ValueError for negative times."""
+    """builtin_interfaces/Time -> integer nanoseconds; ValueError for negative times and nanosec >= 1e9 (which
+    would wrap into the next second)."""
     if stamp.sec < 0:
         raise ValueError(f"negative time stamp {stamp.sec}.{stamp.nanosec:09d} s")
+    if stamp.nanosec >= 1_000_000_000:
+        raise ValueError(f"time stamp nanosec {stamp.nanosec} is not below 1e9")
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 

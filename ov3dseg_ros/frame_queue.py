@@ -84,11 +84,12 @@ class FrameQueue:
                     expired.append(frame)
         return None, expired
 
-    def clear(self) -> list[PendingFrame]:
-        """Remove and return every queued frame."""
+    def remove(self, condition: Callable[[PendingFrame], bool]) -> list[PendingFrame]:
+        """Remove and return the queued frames for which ``condition(frame)`` holds (cheap; must not use this
+        queue)."""
         with self._changed:
-            items = list(self._items)
-            self._items.clear()
+            removed = [frame for frame in self._items if condition(frame)]
+            self._items = deque(frame for frame in self._items if frame not in removed)
             self._version += 1
             self._changed.notify_all()
-        return items
+        return removed

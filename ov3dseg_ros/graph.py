@@ -12,15 +12,13 @@ from typing import Any
 
 import yaml
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 from ov3dseg_ros.mapping_node import MappingNode
 from ov3dseg_ros.params import FIELDS, NODE_NAME, ParameterError, to_parameter
 
 DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 """config/default.yaml of the source checkout (pip route)."""
-EXECUTOR_THREADS = 4
-"""Threads of the multi-threaded executor: sensors, TF, outputs and /query run concurrently."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,9 @@ def resolve_params(params_files: list[str | Path] | None = None, params: dict[st
 
 
 class NodeGraph:
-    """The ov3dseg nodes in this process on a multi-threaded executor spinning in a background thread.
+    """The ov3dseg nodes in this process: the mapping node on its own executors (one single-threaded executor per
+    callback group, ``MappingNode.spinner()``), further nodes added to ``executor`` (single-threaded), all
+    spinning in background threads.
 
     ``params_files``: ROS 2 parameter YAMLs (default: ``default_params_files()``); ``params``: overrides
     for the mapping node on top; ``remappings``: {from: to} topic remappings of the mapping node.
@@ -127,12 +127,13 @@ class NodeGraph:
         cli_args = ["--ros-args"] + [arg for src, dst in (remappings or {}).items() for arg in ("-r", f"{src}:={dst}")]
         self.mapper = MappingNode(context=context, parameter_overrides=overrides, cli_args=cli_args)
         self.nodes = [self.mapper]
-        self.executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=context)
-        for node in self.nodes:
-            self.executor.add_node(node)
+        self.spinner = self.mapper.spinner()
+        self.executor = SingleThreadedExecutor(context=context)
+        """Spins the graph's other nodes (tools and tests add theirs)."""
         self._thread: threading.Thread | None = None
 
     def start(self) -> "NodeGraph":
+        self.spinner.start()
         self._thread = threading.Thread(target=self._spin, name="ov3dseg_executor", daemon=True)
         self._thread.start()
         return self
@@ -145,12 +146,14 @@ class NodeGraph:
 
     def spin(self) -> None:
         """Spin in the calling thread until shutdown or Ctrl-C."""
+        self.spinner.start()
         try:
             self.executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
 
     def shutdown(self) -> None:
+        self.spinner.shutdown()
         self.executor.shutdown(timeout_sec=5.0)
         if self._thread is not None:
             self._thread.join(timeout=5.0)

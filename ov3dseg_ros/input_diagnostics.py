@@ -1,13 +1,18 @@
 """Per-input diagnostics in the ROS convention: message rate and timestamp delay of one topic over a sliding
 window, as diagnostic_updater's FrequencyStatus and TimeStampStatus report them (diagnostic_updater is not on
-PyPI), with OK / WARN / ERROR by thresholds from the node's parameters."""
+PyPI), with OK / WARN / ERROR by thresholds from the node's parameters, and the messages lost on the way (gaps
+in each publisher's sequence numbers: history overflow in DDS, a lossy link)."""
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+MAX_PUBLISHERS = 64
+"""Publishers per topic whose sequence numbers are followed (the least recently heard is forgotten beyond it)."""
 
 
 @dataclass(frozen=True)
@@ -26,13 +31,33 @@ class InputLimits:
 
 
 class InputMonitor:
-    """Receipts of one input topic; ``tick`` from its callback (thread-safe), ``status`` for /diagnostics."""
+    """Receipts of one input topic: ``received`` and ``tick`` from its callback (thread-safe), ``status`` for
+    /diagnostics. ``lost``: messages of this topic's publishers that never reached the callback."""
 
     def __init__(self, topic: str):
         self.topic = topic
+        self.lost = 0
         self._events: deque[tuple[int, float]] = deque()  # (receipt ns, delay s)
         self._first_ns: int | None = None
+        self._sequences: OrderedDict[bytes, int] = OrderedDict()  # publisher gid -> last sequence number
         self._lock = threading.Lock()
+
+    def received(self, info: dict[str, Any] | None) -> int:
+        """Count the messages lost before this one from its rclpy MessageInfo (publisher gid and sequence
+        number); returns how many were lost (0 where the middleware gives no sequence numbers)."""
+        sequence = (info or {}).get("publication_sequence_number")
+        gid = (info or {}).get("publisher_gid")
+        if not sequence or not gid:
+            return 0
+        key = bytes(gid["data"])
+        with self._lock:
+            last = self._sequences.pop(key, None)
+            gap = sequence - last - 1 if last is not None and sequence > last else 0  # lower: a restarted publisher
+            self._sequences[key] = sequence
+            if len(self._sequences) > MAX_PUBLISHERS:
+                self._sequences.popitem(last=False)
+            self.lost += gap
+        return gap
 
     def tick(self, stamp_ns: int, now_ns: int) -> None:
         with self._lock:
@@ -54,7 +79,8 @@ class InputMonitor:
         level = max((lvl for lvl, _ in checks), default=DiagnosticStatus.OK)
         values = {"topic": self.topic, "messages in window": len(delays), "window s": f"{limits.window_s:g}",
                   "rate Hz": f"{rate:.2f}", "min rate Hz": f"{limits.min_rate_hz:g}",
-                  "max rate Hz": f"{limits.max_rate_hz:g}" if limits.max_rate_hz else "none"}
+                  "max rate Hz": f"{limits.max_rate_hz:g}" if limits.max_rate_hz else "none",
+                  "messages lost": self.lost}
         if delays:
             values.update({"delay min s": f"{min(delays):.3f}", "delay mean s": f"{sum(delays) / len(delays):.3f}",
                            "delay max s": f"{max(delays):.3f}"})

@@ -1,25 +1,30 @@
 """The ``ov3dseg_mapper`` node: RGB-D (+ labels) and LiDAR in, a semantic voxel map out, answering /query.
 
-Threads: subscription callbacks only file messages (stamp matching, a bounded TF-gated queue); one worker thread
-decodes, looks up map <- sensor and integrates each frame through a list of stages (geometry now; the model
-stages of later issues plug in with ``add_frame_stage``); /query runs in its own callback group and the output
-timers in another, so a multi-threaded executor answers queries while frames integrate.
+Threads: every callback group has single-threaded executors of its own (``spin_specs``, run by
+ov3dseg_ros.executors.NodeSpinner): /tf, the sensors, /query (several threads), the map services, the text services
+and the output timers never wait for each other, and none depends on rclpy's MultiThreadedExecutor. Sensor
+callbacks only file messages (stamp matching, a bounded TF-gated queue); one worker thread decodes, looks up
+map <- sensor and integrates each frame through a list of stages (``add_frame_stage``); the model runs in a thread
+of its own (SemanticStage), so integration never waits for it. Every callback is fail-safe: an exception is
+logged, counted (``callback_errors``) and a service answers success false.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -35,7 +40,8 @@ from ov3dseg_core.geometry.transforms import transform_points
 from ov3dseg_core.eval.query_calibration import read_calibration
 from ov3dseg_core.mapping.query import (FEATURE_CALIBRATION, LABEL_CALIBRATIONS, QueryCalibration, QueryError,
                                         QueryResult, query_embeddings, query_features, query_labels, validate_query)
-from ov3dseg_core.mapping.map_file import MapFileError, load_map
+from ov3dseg_core.atomic_write import remove_stale_temps
+from ov3dseg_core.mapping.map_file import MapFileError, is_map_file, load_map
 from ov3dseg_core.mapping.voxel_map import VoxelMap, VoxelMapConfig
 from ov3dseg_core.models.map_segmenter import resolve_checkpoint
 from ov3dseg_core.msgs import MessageFormatError
@@ -43,6 +49,7 @@ from ov3dseg_core.msgs.image import image_to_numpy
 from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_xyz
 from ov3dseg_ros.conversions import (color_to_rgb, header, hit_markers, object_hit_msg, pointcloud2_msg,
                                      query_cloud_points, semantic_cloud_points, stamp_to_ns)
+from ov3dseg_ros.executors import GroupSpec, NodeSpinner
 from ov3dseg_ros.frame_queue import FrameQueue, PendingFrame
 from ov3dseg_ros.input_diagnostics import InputMonitor
 from ov3dseg_ros.msg import MapStatus
@@ -64,8 +71,10 @@ the last one. Inputs use MapperConfig.sensor_qos (REP-2003 sensor data by defaul
 WARN_PERIOD_S = 5.0
 """Minimum seconds between two warnings of the same kind."""
 ENCODER_WAIT_S = 60.0
-"""How long /query waits for the text encoder that is still loading at start-up."""
+"""How long ``text_encoder()`` waits for the background load by default (Python callers; callbacks never wait)."""
 DROP_REASONS = ("tf_timeout", "no_camera_info", "overflow", "bad_input", "time_jump")
+MAP_SUFFIX = ".safetensors"
+"""Suffix of the map files that ~/save_map writes."""
 
 
 class MappingNode(Node):
@@ -98,7 +107,10 @@ class MappingNode(Node):
                 super().destroy_node()
                 raise ParameterError(f"{NODE_NAME}: feature_dim {cfg.feature_dim} does not match model "
                                      f"{cfg.model!r} ({segmenter.feature_dim}-d features); leave it 0")
-            self.semantic = SemanticStage(segmenter, cfg.model_rate_hz, cfg.model_window_radius)
+            self.semantic = SemanticStage(segmenter, cfg.model_rate_hz, cfg.model_window_radius,
+                                          on_error=self._on_model_error)
+        self.map_directory = Path(cfg.map_directory or os.getcwd()).resolve()
+        """The only directory ~/save_map and ~/load_map use (parameter map_directory)."""
         self.voxel_map = self._initial_map(cfg)
         self.timings = StageTimings()
         self.counters: Counter[str] = Counter()
@@ -115,50 +127,62 @@ class MappingNode(Node):
         self._warners: dict[str, object] = {}
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
 
-        sensors = ReentrantCallbackGroup()
-        outputs = MutuallyExclusiveCallbackGroup()
-        map_services = MutuallyExclusiveCallbackGroup()
+        self._groups = {name: MutuallyExclusiveCallbackGroup()
+                        for name in ("tf", "sensors", "map_services", "text_services", "outputs")}
+        self._groups["query"] = ReentrantCallbackGroup()
+        groups = self._groups
         self.tf_listener = TfListener(self, self.tf_buffer, time_jump_s=cfg.time_jump_s,
                                       on_time_jump=self._on_time_jump, on_update=self.queue.notify,
-                                      callback_group=MutuallyExclusiveCallbackGroup())
+                                      callback_group=groups["tf"], guard=self._safe_callback)
         streams = ("color", "depth", "semantic") if cfg.label_names else ("color", "depth")
         self._syncs = {ns: StampSynchronizer(streams, int(cfg.sync_tolerance_s * 1e9), depth=2 * cfg.queue_size)
                        for ns in cfg.cameras}
         self._inputs = {topic: InputMonitor(topic) for topic in self._input_topics(streams)}
         for ns in cfg.cameras:
             for stream in streams:
-                self.create_subscription(Image, cfg.topic(ns, stream),
-                                         lambda m, ns=ns, s=stream: self._on_image(ns, s, m),
-                                         cfg.sensor_qos("image"), callback_group=sensors)
-            self.create_subscription(CameraInfo, cfg.topic(ns, "camera_info"),
-                                     lambda m, ns=ns: self._on_camera_info(ns, m), cfg.sensor_qos("camera_info"),
-                                     callback_group=sensors)
+                self.create_subscription(
+                    Image, cfg.topic(ns, stream),
+                    self._safe_subscription(f"{stream} image", lambda m, i, ns=ns, s=stream: self._on_image(ns, s, m, i)),
+                    cfg.sensor_qos("image"), callback_group=groups["sensors"])
+            self.create_subscription(
+                CameraInfo, cfg.topic(ns, "camera_info"),
+                self._safe_subscription("camera_info", lambda m, i, ns=ns: self._on_camera_info(ns, m, i)),
+                cfg.sensor_qos("camera_info"), callback_group=groups["sensors"])
         for topic in cfg.lidar_topics:
-            self.create_subscription(PointCloud2, topic, lambda m, t=topic: self._on_cloud(t, m),
-                                     cfg.sensor_qos("lidar"), callback_group=sensors)
+            self.create_subscription(PointCloud2, topic,
+                                     self._safe_subscription("cloud", lambda m, i, t=topic: self._on_cloud(t, m, i)),
+                                     cfg.sensor_qos("lidar"), callback_group=groups["sensors"])
 
         self.cloud_pub = self.create_publisher(PointCloud2, "ov3dseg/semantic_cloud", MAP_QOS)
         self.marker_pub = self.create_publisher(MarkerArray, "ov3dseg/query_markers", MAP_QOS)
         self.status_pub = self.create_publisher(MapStatus, "ov3dseg/status", MAP_QOS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(Query, "query", self._on_query, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=map_services)
-        self.create_service(LoadMap, "~/load_map", self._on_load_map, callback_group=map_services)
-        self.create_service(Trigger, "~/clear", self._on_clear, callback_group=map_services)
-        text_services = MutuallyExclusiveCallbackGroup()
-        self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary, callback_group=text_services)
-        self.create_service(EncodeText, "~/encode_text", self._on_encode_text, callback_group=text_services)
+        self._query_slots = threading.BoundedSemaphore(cfg.query_threads)
+        self.create_service(Query, "query", self._safe_service("/query", self._on_query),
+                            qos_profile=QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.query_queue_depth,
+                                                   reliability=ReliabilityPolicy.RELIABLE),
+                            callback_group=groups["query"])
+        for srv_type, name, callback, group in (
+                (SaveMap, "~/save_map", self._on_save_map, "map_services"),
+                (LoadMap, "~/load_map", self._on_load_map, "map_services"),
+                (Trigger, "~/clear", self._on_clear, "map_services"),
+                (SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary, "text_services"),
+                (EncodeText, "~/encode_text", self._on_encode_text, "text_services")):
+            self.create_service(srv_type, name, self._safe_service(name, callback), callback_group=groups[group])
         if cfg.cloud_rate_hz > 0:
-            self.create_timer(1.0 / cfg.cloud_rate_hz, self._publish_cloud, callback_group=outputs,
-                              clock=self._steady)
-        self.create_timer(1.0 / cfg.status_rate_hz, self._publish_periodic, callback_group=outputs,
-                          clock=self._steady)
+            self.create_timer(1.0 / cfg.cloud_rate_hz, self._safe_callback("semantic cloud", self._publish_cloud),
+                              callback_group=groups["outputs"], clock=self._steady)
+        self.create_timer(1.0 / cfg.status_rate_hz, self._safe_callback("status", self._publish_periodic),
+                          callback_group=groups["outputs"], clock=self._steady)
 
         self._encoder = concurrent.futures.Future()
         if cfg.text_encoder or self.semantic is not None:
             threading.Thread(target=self._load_text_encoder, name="ov3dseg_text_encoder", daemon=True).start()
         else:
             self._encoder.set_result(None)
+        for directory in {self.map_directory, *([self._resolve_map_path(cfg.map_file).parent] if cfg.map_file
+                                                 else [])}:
+            self._remove_stale_temps(directory)
         self._stop = threading.Event()
         self.busy = False
         """True while the worker processes a frame (a replay's settle timeout only runs while it is idle)."""
@@ -168,6 +192,57 @@ class MappingNode(Node):
             f"mapping {', '.join(cfg.cameras) or 'no cameras'}"
             f"{' + ' + ', '.join(cfg.lidar_topics) if cfg.lidar_topics else ''} into '{cfg.map_frame}' at "
             f"{cfg.voxel_size * 100:g} cm voxels" + (f", {len(cfg.label_names)} labels" if cfg.label_names else ""))
+
+    def spin_specs(self) -> list[GroupSpec]:
+        """The executors this node needs (ov3dseg_ros.executors.NodeSpinner): one single-threaded executor per
+        callback group; /query gets 2 x query_threads (half wait for a free query slot, then answer busy). The
+        node's default group (parameter services, /clock) shares the TF thread: both are short callbacks."""
+        groups, threads = self._groups, self.config.query_threads
+        return [GroupSpec("tf", (groups["tf"], self.default_callback_group)),
+                GroupSpec("sensors", (groups["sensors"],)),
+                GroupSpec("query", (groups["query"],), 2 * threads),
+                GroupSpec("map_services", (groups["map_services"],)),
+                GroupSpec("text_services", (groups["text_services"],)),
+                GroupSpec("outputs", (groups["outputs"],))]
+
+    def spinner(self) -> NodeSpinner:
+        """A NodeSpinner over ``spin_specs()`` (call ``start()``, later ``shutdown()``)."""
+        return NodeSpinner(self, self.spin_specs(), self.context)
+
+    # -- fail-safe callbacks -------------------------------------------------------------------------------
+    def _callback_failed(self, name: str, exc: Exception) -> str:
+        self._count("callback_errors")
+        self.get_logger().error(f"{name} callback failed: {exc!r} ({self.counters['callback_errors']} callback "
+                                "errors so far)", throttle_duration_sec=WARN_PERIOD_S)
+        return f"internal error in {name}: {exc!r}"
+
+    def _safe_callback(self, name: str, callback: Callable) -> Callable:
+        """``callback`` (subscription or timer) that logs and counts an exception instead of raising it (an
+        exception in an rclpy callback would end spinning, or the process)."""
+        def run(*args):
+            try:
+                callback(*args)
+            except Exception as exc:
+                self._callback_failed(name, exc)
+        return run
+
+    def _safe_subscription(self, name: str, callback: Callable) -> Callable:
+        """``_safe_callback`` for a subscription callback(msg, info): rclpy passes the message info (publisher
+        sequence numbers, for loss counting) to callbacks of two parameters."""
+        run = self._safe_callback(name, callback)
+        return lambda msg, info: run(msg, info)
+
+    def _safe_service(self, name: str, callback: Callable) -> Callable:
+        """Service ``callback(request, response)`` that answers success false, naming the error, instead of
+        raising."""
+        def run(request, response):
+            try:
+                return callback(request, response)
+            except Exception as exc:
+                answer = type(response)()
+                answer.success, answer.message = False, self._callback_failed(name, exc)
+                return answer
+        return run
 
     # -- life cycle ----------------------------------------------------------------------------------------
     def _input_topics(self, streams: tuple[str, ...]) -> list[str]:
@@ -201,7 +276,15 @@ class MappingNode(Node):
         self.queue.notify()
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout=10.0)
+        if self.semantic is not None:
+            self.semantic.close()
         super().destroy_node()
+
+    def _on_model_error(self, exc: Exception) -> None:
+        """A model pass failed (SemanticStage's thread): logged and counted; mapping goes on."""
+        self._count("model_errors")
+        self.get_logger().error(f"model pass failed: {exc!r} ({self.counters['model_errors']} so far)",
+                                throttle_duration_sec=WARN_PERIOD_S)
 
     def _on_set_parameters(self, params):
         new, result = on_set_parameters(self.config, params)
@@ -252,13 +335,26 @@ class MappingNode(Node):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _on_image(self, camera: str, stream: str, msg: Image) -> None:
+    def _received(self, topic: str, msg, info) -> int | None:
+        """Account for one input message (losses before it, rate, delay); its stamp (ns), or None when the stamp is
+        malformed (counted as a bad message)."""
+        monitor = self._inputs[topic]
+        lost = monitor.received(info)
+        if lost:
+            self._warn("lost", f"{lost} messages on {topic} were lost before reaching the node "
+                               f"({monitor.lost} so far; raise the qos_*_depth parameters?)")
         try:
             stamp_ns = stamp_to_ns(msg.header.stamp)
         except ValueError as exc:
-            self._count_bad_input(f"{self.config.topic(camera, stream)}: {exc}")
+            self._count_bad_input(f"{topic}: {exc}")
+            return None
+        monitor.tick(stamp_ns, self._now_ns())
+        return stamp_ns
+
+    def _on_image(self, camera: str, stream: str, msg: Image, info=None) -> None:
+        stamp_ns = self._received(self.config.topic(camera, stream), msg, info)
+        if stamp_ns is None:
             return
-        self._inputs[self.config.topic(camera, stream)].tick(stamp_ns, self._now_ns())
         matched = self._syncs[camera].add(stream, stamp_ns, msg)
         if matched is not None:
             _, messages = matched
@@ -266,24 +362,18 @@ class MappingNode(Node):
             self._enqueue(PendingFrame("rgbd", camera, depth.header.frame_id.lstrip("/"),
                                        stamp_to_ns(depth.header.stamp), self._now_ns(), messages))
 
-    def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+    def _on_camera_info(self, camera: str, msg: CameraInfo, info=None) -> None:
+        self._received(self.config.topic(camera, "camera_info"), msg, info)
         try:
             self._cameras[camera] = PinholeCamera.from_camera_info(msg)
         except ValueError as exc:
             self._cameras[camera] = f"invalid camera_info: {exc}"
-        try:
-            self._inputs[self.config.topic(camera, "camera_info")].tick(stamp_to_ns(msg.header.stamp), self._now_ns())
-        except ValueError:
-            pass  # a malformed stamp is no rate or delay sample
         self.queue.notify()
 
-    def _on_cloud(self, topic: str, msg: PointCloud2) -> None:
-        try:
-            stamp_ns = stamp_to_ns(msg.header.stamp)
-        except ValueError as exc:
-            self._count_bad_input(f"{topic}: {exc}")
+    def _on_cloud(self, topic: str, msg: PointCloud2, info=None) -> None:
+        stamp_ns = self._received(topic, msg, info)
+        if stamp_ns is None:
             return
-        self._inputs[topic].tick(stamp_ns, self._now_ns())
         self._enqueue(PendingFrame("cloud", topic, msg.header.frame_id.lstrip("/"), stamp_ns, self._now_ns(),
                                    {"cloud": msg}))
 
@@ -299,11 +389,13 @@ class MappingNode(Node):
         for old in self.queue.push(frame):
             self._drop(old, "overflow", f"queue full ({self.queue.maxsize} frames): the oldest frame gives way")
 
-    def _on_time_jump(self) -> None:
-        for sync in self._syncs.values():
-            sync.clear()
-        for frame in self.queue.clear():
-            self._drop(frame, "time_jump", "time jumped backwards; frames from before the jump are discarded")
+    def _on_time_jump(self, stamp_ns: int) -> None:
+        """An edge of the TF tree jumped back to ``stamp_ns``: drop the waiting frames from before the jump (stamped
+        more than time_jump_s after it) that its transforms no longer cover."""
+        horizon = stamp_ns + int(self.config.time_jump_s * 1e9)
+        for frame in self.queue.remove(lambda f: f.stamp_ns > horizon and not self._is_ready(f)):
+            self._drop(frame, "time_jump", "a transform on its path jumped back in time; frames from before the "
+                                            "jump are discarded")
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
     def _warn(self, kind: str, text: str) -> None:
@@ -325,6 +417,7 @@ class MappingNode(Node):
 
     # -- worker --------------------------------------------------------------------------------------------
     def _work(self) -> None:
+        torch.set_num_threads(self.config.threads)  # intra-op threads, process-wide (also the model's)
         version = 0
         while not self._stop.is_set():
             version = self.queue.wait(version, timeout_s=0.05)
@@ -486,13 +579,20 @@ class MappingNode(Node):
                   "voxels": status.num_voxels, "voxels evicted": status.voxels_evicted,
                   "memory MB": f"{status.memory_mb:.1f}", "unmatched images":
                   sum(s.discarded for s in self._syncs.values()), "bad messages": self.counters["bad_messages"],
-                  "tf transforms": self.tf_listener.received, "tf time jumps": self.tf_listener.time_jumps}
+                  "tf transforms": self.tf_listener.received, "tf time jumps": self.tf_listener.time_jumps,
+                  "tf stamp 0 ignored": self.tf_listener.zero_stamps, "tf invalid": self.tf_listener.invalid,
+                  "input messages lost": sum(m.lost for m in self._inputs.values()),
+                  "callback errors": self.counters["callback_errors"], "queries busy": self.counters["query_busy"]}
         values.update({f"dropped {r}": self.counters[f"dropped_{r}"] for r in DROP_REASONS})
+        if self.semantic is not None:
+            values.update({"model passes": self.semantic.passes, "model windows superseded": self.semantic.superseded,
+                           "model errors": self.counters["model_errors"]})
         for stage, s in self.timings.summary().items():
             values[f"{stage} ms (mean/p95)"] = f"{s['mean_ms']:.2f}/{s['p95_ms']:.2f}"
-        level = DiagnosticStatus.WARN if status.queue_depth >= self.queue.maxsize else DiagnosticStatus.OK
-        diag = DiagnosticStatus(level=level, name=f"{self.get_name()}: mapping", hardware_id=self.get_name(),
-                                message="queue full" if level else "ok",
+        full = status.queue_depth >= self.queue.maxsize  # (levels are bytes: b"\x00" is truthy)
+        diag = DiagnosticStatus(level=DiagnosticStatus.WARN if full else DiagnosticStatus.OK,
+                                name=f"{self.get_name()}: mapping", hardware_id=self.get_name(),
+                                message="queue full" if full else "ok",
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         now_ns, limits, name = self._now_ns(), self.config.input_limits(), self.get_name()
         inputs = [monitor.status(now_ns, limits, f"{name}: input {topic}", name)
@@ -501,38 +601,44 @@ class MappingNode(Node):
 
     # -- services ------------------------------------------------------------------------------------------
     def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
-        with self.timings.measure("query"):
-            response.success, response.message = self._answer_query(request, response)
+        if not self._query_slots.acquire(timeout=self.config.query_busy_s):
+            self._count("query_busy")
+            response.success = False
+            response.message = f"busy: {self.config.query_threads} queries in progress; try again"
+            return response
+        try:
+            with self.timings.measure("query"):
+                response.success, response.message = self._answer_query(request, response)
+        finally:
+            self._query_slots.release()
         return response
 
     def _answer_query(self, request: Query.Request, response: Query.Response) -> tuple[bool, str]:
         try:
             text = validate_query(request.text, request.top_k, request.threshold)
-        except QueryError as exc:
-            return False, str(exc)
-        voxel_map, cfg = self.voxel_map, self.config
-        try:
             encoder, embed, label_embeddings = self._text_space()
         except QueryError as exc:
             return False, str(exc)
+        voxel_map, cfg = self.voxel_map, self.config
         threshold, min_voxels = request.threshold or cfg.query_threshold, cfg.query_min_voxels
+        top_k = min(request.top_k or cfg.query_max_points, cfg.query_max_points)
         if voxel_map.config.feature_dim > 0:
             if voxel_map.config.feature_dim != encoder.dim:
                 return False, (f"map features are {voxel_map.config.feature_dim}-d but text encoder "
                                f"{encoder.name!r} gives {encoder.dim}-d embeddings")
             vocabulary = cfg.vocabulary or (self.semantic.segmenter.vocabulary if self.semantic else cfg.label_names)
             query, negatives = query_embeddings(text, vocabulary, embed, encoder.encode)
-            result = query_features(voxel_map, query, negatives, self.query_calibration, threshold, request.top_k,
+            result = query_features(voxel_map, query, negatives, self.query_calibration, threshold, top_k,
                                     min_voxels, label=text)
         elif label_embeddings is not None:
             query, negatives = query_embeddings(text, cfg.label_names, embed, encoder.encode)
             result = query_labels(voxel_map, query, negatives, label_embeddings, cfg.label_names,
-                                  self.query_calibration, threshold, request.top_k, min_voxels)
+                                  self.query_calibration, threshold, top_k, min_voxels)
         else:
             return False, "the map has neither features nor label names (parameter label_names) to match text to"
         response.cloud = pointcloud2_msg(query_cloud_points(result.positions, result.scores), self._last_stamp_ns,
                                          cfg.map_frame)
-        response.hits = [object_hit_msg(group) for group in result.objects]
+        response.hits = [object_hit_msg(group) for group in result.objects[:cfg.query_max_hits]]
         response.found, response.threshold_used, response.max_score = \
             result.found, result.threshold, result.max_score
         self.marker_pub.publish(hit_markers(response.hits, self._last_stamp_ns, cfg.map_frame))
@@ -540,9 +646,10 @@ class MappingNode(Node):
 
     def _text_space(self):
         """(encoder, embed(texts) with the prompt template, label-name embeddings or None) once loaded; QueryError
-        saying why text cannot be embedded (still loading, failed, none configured)."""
+        saying why text cannot be embedded now (still loading: answered at once, never waited for in a callback;
+        failed; none configured)."""
         try:
-            encoder = self.text_encoder()
+            encoder = self.text_encoder(timeout_s=0.0)
         except TimeoutError as exc:
             raise QueryError(f"{exc}; try again") from None
         except Exception as exc:
@@ -585,30 +692,55 @@ class MappingNode(Node):
                             else result.reason)
         return response
 
-    def _map_path(self, path: str) -> str:
+    def _resolve_map_path(self, path: str) -> Path:
+        """``path`` made absolute in map_directory, with '..' and links resolved."""
+        return (self.map_directory / Path(path).expanduser()).resolve()
+
+    def _service_map_path(self, path: str, writing: bool) -> Path:
+        """The map file a ~/save_map or ~/load_map request names (empty: parameter map_file), inside map_directory;
+        MapFileError when it leaves the directory, or (``writing``) lies in a missing directory, lacks the map
+        suffix or would overwrite a file that is not a map file."""
         path = path or self.config.map_file
         if not path:
             raise MapFileError("no path given and parameter map_file is empty")
-        return path
+        target = self._resolve_map_path(path)
+        if not target.is_relative_to(self.map_directory):
+            raise MapFileError(f"{path}: outside the map directory {self.map_directory} (parameter map_directory)")
+        if writing:
+            if target.suffix != MAP_SUFFIX:
+                raise MapFileError(f"{path}: map files end in {MAP_SUFFIX}")
+            if not target.parent.is_dir():
+                raise MapFileError(f"{path}: directory {target.parent} does not exist (it is not created)")
+            if target.exists() and not is_map_file(target):
+                raise MapFileError(f"{path}: exists and is not an ov3dseg map file; refusing to overwrite it")
+        return target
+
+    def _remove_stale_temps(self, directory: Path) -> None:
+        removed = remove_stale_temps(directory)
+        if removed:
+            self.get_logger().warning(f"removed {len(removed)} temporary files left by interrupted saves in "
+                                      f"{directory}: {', '.join(p.name for p in removed[:5])}")
 
     def save_map(self, path: str = "") -> str:
-        """Save the current map atomically to ``path`` (default: parameter map_file); returns a summary line."""
-        path = self._map_path(path)
+        """Save the current map atomically to ``path`` (a trusted caller: written where it says; default:
+        parameter map_file in map_directory); returns a summary line. ~/save_map checks its path first."""
+        target = Path(path) if path else self._service_map_path("", writing=True)
         voxel_map = self.voxel_map
         with self.timings.measure("save_map"):
-            voxel_map.save(path)
-        return f"saved {len(voxel_map)} voxels to {path}"
+            voxel_map.save(target)
+        return f"saved {len(voxel_map)} voxels to {target}"
 
     def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
         try:
-            response.success, response.message = True, self.save_map(request.path)
+            target = self._service_map_path(request.path, writing=True)
+            response.success, response.message = True, self.save_map(str(target))
         except (OSError, ValueError) as exc:
             response.success, response.message = False, f"save failed: {exc}"
         return response
 
     def _on_load_map(self, request: LoadMap.Request, response: LoadMap.Response) -> LoadMap.Response:
         try:
-            path = self._map_path(request.path)
+            path = self._service_map_path(request.path, writing=False)
             with self.timings.measure("load_map"):
                 loaded = load_map(path, config=self.voxel_map.config)
             if loaded.label_names is not None and loaded.label_names != self.config.label_names:
@@ -654,13 +786,14 @@ def main(args: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
+    spinner = node.spinner().start()
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while node.context.ok():  # rclpy's SIGINT handler shuts the context down
+            time.sleep(0.2)
+    except KeyboardInterrupt:
         pass
     finally:
+        spinner.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

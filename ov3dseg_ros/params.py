@@ -19,7 +19,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.validate_full_topic_name import validate_full_topic_name
 
-from ov3dseg_core.mapping.query import DEFAULT_MIN_VOXELS
+from ov3dseg_core.mapping.query import DEFAULT_MIN_VOXELS, MAX_OBJECTS
 from ov3dseg_ros.input_diagnostics import InputLimits
 
 NODE_NAME = "ov3dseg_mapper"
@@ -79,8 +79,9 @@ class MapperConfig:
     tf_timeout_s: float = _p(1.0, "how long a frame waits for map <- sensor at its stamp before it is dropped, "
                              "seconds of ROS time since its arrival", lo=0.0, hi=60.0, read_only=False)
     tf_cache_s: float = _p(10.0, "history kept by the TF buffer, seconds", lo=1.0, hi=3600.0)
-    time_jump_s: float = _p(1.0, "a /tf stamp this much older than the newest clears the TF buffer and the "
-                            "waiting frames (bag loop), seconds; 0 = never", lo=0.0, hi=3600.0)
+    time_jump_s: float = _p(1.0, "a /tf stamp this much older than the newest of its own edge (parent -> child) "
+                            "restarts that edge's history and drops the frames waiting from before the jump (bag "
+                            "loop), seconds; 0 = never", lo=0.0, hi=3600.0)
     queue_size: int = _p(10, "frames waiting for TF or for the worker; the oldest is dropped beyond it",
                          lo=1, hi=1000)
     qos_image_reliability: str = _p(
@@ -113,7 +114,10 @@ class MapperConfig:
     diag_delay_error_s: float = _p(5.0, "per-input diagnostics: ERROR when a header stamp is older than this at "
                                    "receipt, seconds", lo=0.0, hi=3600.0, read_only=False)
     map_file: str = _p("ov3dseg_map.safetensors", "map file used by ~/save_map and ~/load_map when no path is "
-                       "given", read_only=False)
+                       "given (relative paths lie in map_directory)", read_only=False)
+    map_directory: str = _p("", "the only directory ~/save_map and ~/load_map read and write (relative paths are "
+                            "resolved in it, '..' and links may not leave it, it is never created, and only map "
+                            "files are overwritten); empty = the node's working directory at start-up")
     initial_map: str = _p("", "map file loaded at start-up (empty: start with an empty map)")
     text_encoder: str = _p("minilm", "text encoder for queries against label names (loaded in the background at "
                            "start-up); empty: queries need a map with features")
@@ -133,6 +137,18 @@ class MapperConfig:
                                 "query ties its hardest negative); 0 = the calibrated default (the model "
                                 "checkpoint's, else the text encoder's built-in one)", lo=0.0, hi=1.0,
                                 read_only=False)
+    query_max_hits: int = _p(100, "most objects in a /query answer and its markers (the best ones)", lo=1,
+                             hi=MAX_OBJECTS, read_only=False)
+    query_max_points: int = _p(100_000, "most voxels in a /query answer's cloud (best relevancy first; a request's "
+                               "top_k 0 means this many)", lo=1, hi=10_000_000, read_only=False)
+    query_threads: int = _p(2, "/query requests answered at the same time (one slow query does not hold up "
+                            "another)", lo=1, hi=16)
+    query_queue_depth: int = _p(100, "/query requests that can wait in the service's queue (beyond it DDS drops "
+                                "the oldest, whose callers never get an answer)", lo=1, hi=10_000)
+    query_busy_s: float = _p(5.0, "a /query that finds all query_threads busy for this long is answered "
+                             "success false, 'busy: try again', seconds", lo=0.0, hi=600.0, read_only=False)
+    threads: int = _p(1, "torch threads of the mapping worker and the model (intra-op; on small CPUs one thread "
+                      "leaves cores to the ROS callbacks)", lo=1, hi=256)
     query_min_voxels: int = _p(DEFAULT_MIN_VOXELS, "smallest object a /query reports, in voxels (smaller groups of "
                                "matching voxels are noise); found = at least one such object", lo=1,
                                hi=1_000_000, read_only=False)

@@ -7,6 +7,8 @@ does not depend on the machine's speed; ``rate`` paces the bag in real time (1.0
 """
 from __future__ import annotations
 
+import contextlib
+
 import importlib
 import json
 import threading
@@ -193,6 +195,8 @@ def replay_bag(bag_path: str | Path, params: dict[str, Any] | None = None, oracl
             try:
                 result = _run(reader, graph, context, deterministic, rate, save_map, progress, label_names)
                 if queries:
+                    with contextlib.suppress(Exception):  # a failed load is what the answers then say
+                        graph.mapper.text_encoder()  # loaded in the background; /query does not wait for it
                     with QueryClient(context) as client:
                         result.queries = [(text, client.call(text, threshold=query_threshold)) for text in queries]
                 return result
@@ -222,6 +226,8 @@ def _publishers(reader: AnyReader, node: Node, wanted: set[str]) -> dict[str, Pu
 def _run(reader: AnyReader, graph: NodeGraph, context: Context, deterministic: bool, rate: float | None,
          save_map: str | None, progress: bool, label_names: list[str]) -> ReplayResult:
     mapper = graph.mapper
+    if mapper.semantic is not None:  # a deterministic replay runs each model pass before the next frame
+        mapper.semantic.synchronous = deterministic
     node = Node("ov3dseg_replay", context=context)
     graph.executor.add_node(node)
     graph.nodes.append(node)
@@ -280,6 +286,8 @@ def _run(reader: AnyReader, graph: NodeGraph, context: Context, deterministic: b
         # Frames still waiting for transforms the bag does not have: let their TF timeout pass in bag time.
         clock_pub.publish(Clock(clock=ns_to_stamp(last_clock + mapper.queue.timeout_ns + 1)))
         unsettled += not watch.wait_settled(frames, SETTLE_TIMEOUT_S)
+    if mapper.semantic is not None and not mapper.semantic.wait_idle(SETTLE_TIMEOUT_S):
+        unsettled += 1
     wall_s = time.perf_counter() - start
     if save_map:
         mapper.save_map(save_map)

@@ -1,10 +1,18 @@
-"""The model stage of the mapping node: an open-vocabulary model over the local map window, in the worker thread.
+"""The model stage of the mapping node: an open-vocabulary model over the local map window, off the geometry path.
 
-Runs after geometry integration on RGB-D frames whose source time is at least 1 / model_rate_hz after the
-previous pass (source time keeps bag replays deterministic), over the voxels within model_window_radius of the
-camera, and fuses the features into the map's float16 feature layer (ov3dseg_core.models.map_segmenter).
+The worker calls the stage after integrating each RGB-D frame; a frame whose source time is at least
+1 / model_rate_hz after the previous pass (source time keeps bag replays deterministic) hands its window (the
+camera position) to the stage's own thread through a one-slot hand-off: the newest window wins, an older one still
+waiting is superseded (counted). The thread runs the model over the voxels within model_window_radius of that
+position and fuses the features into the map's float16 feature layer (ov3dseg_core.models.map_segmenter), so
+integration never waits for the model. ``synchronous`` runs passes in the caller instead (a deterministic replay).
 """
 from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
 
 from ov3dseg_core.data.frames import RGBDFrame
 from ov3dseg_core.mapping.voxel_map import VoxelMap
@@ -17,20 +25,79 @@ def load_segmenter(model: str, device: str) -> MapSegmenter:
 
 
 class SemanticStage:
-    """Frame stage ``stage(frame, voxel_map)``; counts its passes and the voxels they covered."""
+    """Frame stage ``stage(frame, voxel_map)``; counts its passes, the voxels they covered and superseded windows.
 
-    def __init__(self, segmenter: MapSegmenter, rate_hz: float, radius: float):
+    ``on_error(exc)`` is called (in the stage's thread) when a pass raises; the stage goes on with the next one.
+    """
+
+    def __init__(self, segmenter: MapSegmenter, rate_hz: float, radius: float, *, synchronous: bool = False,
+                 on_error: Callable[[Exception], None] | None = None):
         self.segmenter = segmenter
         self.period_ns = int(1e9 / rate_hz) if rate_hz > 0 else 0
         self.radius = radius
+        self.synchronous = synchronous
         self.last_stamp_ns: int | None = None
         self.passes = 0
         self.voxels = 0
+        self.superseded = 0
+        self._on_error = on_error
+        self._pending: tuple[np.ndarray, VoxelMap] | None = None
+        self._running = False
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="ov3dseg_model", daemon=True)
+        self._thread.start()
 
     def __call__(self, frame: RGBDFrame, voxel_map: VoxelMap) -> None:
         if self.last_stamp_ns is not None and 0 <= frame.stamp_ns - self.last_stamp_ns < self.period_ns:
             return
         self.last_stamp_ns = frame.stamp_ns
-        result = self.segmenter.update(voxel_map, center=frame.pose[:3, 3], radius=self.radius)
+        center = np.array(frame.pose[:3, 3], dtype=np.float64)
+        if self.synchronous:
+            self._update(center, voxel_map)
+            return
+        with self._changed:
+            self.superseded += self._pending is not None
+            self._pending = (center, voxel_map)
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no window is waiting or running (True), or ``timeout_s`` passed (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._pending is None and not self._running, timeout=timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread after the pass in progress (a waiting window is dropped)."""
+        with self._changed:
+            self._closed = True
+            self._pending = None
+            self._changed.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending is not None or self._closed)
+                if self._closed:
+                    return
+                (center, voxel_map), self._pending = self._pending, None
+                self._running = True
+            try:
+                self._update(center, voxel_map)
+            finally:
+                with self._changed:
+                    self._running = False
+                    self._changed.notify_all()
+
+    def _update(self, center: np.ndarray, voxel_map: VoxelMap) -> None:
+        """One model pass over the window around ``center`` (3,) metres, map frame; errors go to on_error."""
+        try:
+            result = self.segmenter.update(voxel_map, center=center, radius=self.radius)
+        except Exception as exc:
+            if self._on_error is None:
+                raise
+            self._on_error(exc)
+            return
         self.passes += 1
         self.voxels += result.num_voxels

@@ -53,13 +53,6 @@ class StampSynchronizer:
                 matched[name] = pending.popleft()[1]
             return stamp_ns, matched
 
-    def clear(self) -> None:
-        """Forget every unmatched message (e.g. after a time jump); they count as discarded."""
-        with self._lock:
-            for queue in self._pending.values():
-                self.discarded += len(queue)
-                queue.clear()
-
     def _closest(self, queue: deque[tuple[int, Any]], stamp_ns: int) -> int | None:
         """Index of the message closest in time to ``stamp_ns`` within the tolerance, or None."""
         best, best_gap = None, self.tolerance_ns

@@ -5,6 +5,10 @@ string metadata: ``format`` (FORMAT_NAME), ``version``, ``voxel_size`` (metres),
 ``num_voxels``, ``tick``, ``label_names`` (JSON list or "null") and ``checksum`` (CRC-32 of the array bytes in
 STATE_FIELDS order). Files are written to a temporary file in the target directory, fsynced and renamed over the
 target, so a crash mid-save leaves the previous file intact.
+
+Loading trusts nothing in a file: every metadata field is parsed with its type and range, every array's dtype and
+shape are checked against the metadata from the file's header before any array is read, then the checksum, and
+the map data itself (VoxelMap.from_state, finite features, stamps >= 0). Whatever is wrong is a MapFileError.
 """
 from __future__ import annotations
 
@@ -30,6 +34,13 @@ PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), (
 _PLY_TYPES = {"<f4": "float", "u1": "uchar", "<i4": "int"}
 _SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int32): "I32",
                        np.dtype(np.int64): "I64"}
+_TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.int32: "I32", torch.int64: "I64"}
+MAX_LABELS = 65534
+"""Most label bins a map file may declare (16-bit label images)."""
+MAX_FEATURE_DIM = 4096
+"""Longest per-voxel feature a map file may declare."""
+MAX_HEADER_BYTES = 100_000_000
+"""Largest safetensors header that ``is_map_file`` reads (the format's own limit)."""
 
 
 class MapFileError(ValueError):
@@ -70,24 +81,18 @@ def load_map(path: str | Path, device: str | None = None, config: VoxelMapConfig
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             _check_format(path, meta)
-            names = set(f.keys())
-            if names != set(STATE_FIELDS):
-                raise MapFileError(f"{path}: arrays {sorted(names)} do not match the format ({sorted(STATE_FIELDS)})")
+            voxel_size, num_labels, feature_dim, num_voxels, tick, label_names = _read_metadata(path, meta)
+            _check_arrays(path, f, _expected_arrays(voxel_size, num_labels, feature_dim, num_voxels))
             tensors = {name: f.get_tensor(name) for name in STATE_FIELDS}
     except SafetensorError as exc:
         raise MapFileError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
     if meta.get("checksum") != _checksum(tensors):
         raise MapFileError(f"{path}: checksum mismatch (file corrupt): stored {meta.get('checksum')}, "
                            f"computed {_checksum(tensors)}")
-    try:
-        voxel_size = float(meta["voxel_size"])
-        num_labels, feature_dim = int(meta["num_labels"]), int(meta["feature_dim"])
-        num_voxels, tick = int(meta["num_voxels"]), int(meta["tick"])
-        label_names = json.loads(meta["label_names"])
-    except (KeyError, ValueError) as exc:
-        raise MapFileError(f"{path}: bad or missing metadata ({exc!r})") from None
-    if num_voxels != tensors["keys"].shape[0]:
-        raise MapFileError(f"{path}: metadata says {num_voxels} voxels, arrays hold {tensors['keys'].shape[0]}")
+    if not bool(torch.isfinite(tensors["feature"]).all()):
+        raise MapFileError(f"{path}: array 'feature' holds non-finite values")
+    if tensors["stamp"].numel() and int(tensors["stamp"].min()) < 0:
+        raise MapFileError(f"{path}: array 'stamp' holds negative values")
     if config is None:
         config = VoxelMapConfig(voxel_size=voxel_size, num_labels=num_labels, feature_dim=feature_dim)
     else:
@@ -144,6 +149,60 @@ def write_safetensors(path: str | Path, arrays: dict[str, np.ndarray], metadata:
         f.write(blob)
         for array in arrays.values():
             f.write(np.ascontiguousarray(array).data)
+
+
+def is_map_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file whose safetensors header names the ov3dseg map format (arrays not read)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES:
+                return False
+            header = json.loads(f.read(size))
+        return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return False
+
+
+def _read_metadata(path: Path, meta: dict) -> tuple[float, int, int, int, int, list[str] | None]:
+    """(voxel_size, num_labels, feature_dim, num_voxels, tick, label_names) parsed strictly from the metadata."""
+    try:
+        voxel_size = float(meta["voxel_size"])
+        num_labels, feature_dim = int(meta["num_labels"]), int(meta["feature_dim"])
+        num_voxels, tick = int(meta["num_voxels"]), int(meta["tick"])
+        label_names = json.loads(meta["label_names"])
+    except (KeyError, ValueError, RecursionError) as exc:
+        raise MapFileError(f"{path}: bad or missing metadata ({exc!r})") from None
+    if not (np.isfinite(voxel_size) and voxel_size > 0):
+        raise MapFileError(f"{path}: voxel_size {voxel_size!r} is not a positive number of metres")
+    for name, value, high in (("num_labels", num_labels, MAX_LABELS), ("feature_dim", feature_dim, MAX_FEATURE_DIM),
+                              ("num_voxels", num_voxels, None), ("tick", tick, None)):
+        if value < 0 or (high is not None and value > high):
+            raise MapFileError(f"{path}: {name} {value} outside [0, {high if high is not None else 'inf'}]")
+    if label_names is not None and not (isinstance(label_names, list) and len(label_names) == num_labels
+                                        and all(isinstance(n, str) for n in label_names)):
+        raise MapFileError(f"{path}: label_names must be null or a list of {num_labels} strings (num_labels), got "
+                           f"{str(label_names)[:200]}")
+    return voxel_size, num_labels, feature_dim, num_voxels, tick, label_names
+
+
+def _expected_arrays(voxel_size: float, num_labels: int, feature_dim: int, num_voxels: int,
+                     ) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{array name: (safetensors dtype, shape)} of a map with these sizes (taken from an empty VoxelMap)."""
+    empty = VoxelMap(VoxelMapConfig(voxel_size=voxel_size, num_labels=num_labels, feature_dim=feature_dim)).state()
+    return {name: (_TORCH_DTYPES[empty[name].dtype], (num_voxels, *empty[name].shape[1:])) for name in STATE_FIELDS}
+
+
+def _check_arrays(path: Path, f, expected: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+    """MapFileError unless the file holds exactly the expected arrays with their dtypes and shapes (header only)."""
+    names = set(f.keys())
+    if names != set(expected):
+        raise MapFileError(f"{path}: arrays {sorted(names)} do not match the format ({sorted(expected)})")
+    for name, (dtype, shape) in expected.items():
+        array = f.get_slice(name)
+        found = (array.get_dtype(), tuple(array.get_shape()))
+        if found != (dtype, shape):
+            raise MapFileError(f"{path}: array {name!r} is {found[0]} {found[1]}, expected {dtype} {shape}")
 
 
 def _check_format(path: Path, meta: dict) -> None:

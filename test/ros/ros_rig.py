@@ -1,6 +1,7 @@
 """Test rig: a real rclpy node that plays a small RGB-D camera with TF and records the mapper's outputs."""
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from typing import Callable
@@ -28,8 +29,9 @@ T_MAP_CAMERA = make_transform((1.0, 2.0, 0.5), matrix_to_quaternion(R_MAP_OPTICA
 SOFA, WALL = 5, 0
 LABEL_NAMES = ["wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door"]
 RED, BLUE = (200, 30, 30), (20, 40, 220)
-TEST_PARAMS = {"text_encoder": "", "cloud_rate_hz": 20.0, "status_rate_hz": 20.0, "lidar_topics": []}
-"""Mapper parameters shared by the tests (no text encoder unless a test queries)."""
+TEST_PARAMS = {"text_encoder": "", "cloud_rate_hz": 20.0, "status_rate_hz": 20.0, "lidar_topics": [],
+               "map_directory": tempfile.gettempdir()}
+"""Mapper parameters shared by the tests (no text encoder unless a test queries; maps in pytest's tmp_path)."""
 
 
 def wall_images(depth_m: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -54,7 +54,7 @@ def test_frame_queue_drops_the_oldest_and_pops_the_oldest_ready_frame():
     ready, expired = queue.pop_ready(now_ns=100, is_ready=lambda f: False)
     assert ready is None and [f.stamp_ns for f in expired] == [2] and len(queue) == 0
     queue.push(frame(4))
-    assert [f.stamp_ns for f in queue.clear()] == [4] and len(queue) == 0
+    assert [f.stamp_ns for f in queue.remove(lambda f: True)] == [4] and len(queue) == 0
 
 
 def test_frame_queue_wait_returns_on_change_or_timeout():
