@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from ov3dseg_core.commands.calibrate_query import parse_seeds
+from ov3dseg_core.commands.calibrate import parse_seeds
 from ov3dseg_core.commands.eval import evaluate_bag
 from ov3dseg_core.eval.query_benchmark import SUMMARY_KEYS, summarize
 from ov3dseg_core.eval.splits import load_split

@@ -24,8 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ov3dseg_core.commands.train", "train a model from a config"),
     "evaluate": ("ov3dseg_core.commands.evaluate", "evaluate a checkpoint offline on a dataset split"),
     "convert-checkpoint": ("ov3dseg_core.commands.convert_checkpoint", "convert a released XMask3D / Mosaic3D checkpoint to safetensors"),
-    "calibrate-query": ("ov3dseg_core.commands.calibrate_query",
-                        "calibrate a model's /query decision on validation scenes and store it in the checkpoint"),
+    "calibrate": ("ov3dseg_core.commands.calibrate",
+                  "calibrate a model's labelling margin and /query decision on validation scenes (stored in it)"),
     "demo": ("ov3dseg_ros.commands.demo", "the end-to-end demo: simulate, replay, query, evaluate, render"),
     "export": ("ov3dseg_core.commands.export", "export a saved map as PLY, PCD or OpenLex3D prediction files"),
 }

@@ -22,7 +22,7 @@ from ov3dseg_core.mapping.query import (FEATURE_CALIBRATION, QueryCalibration, d
                                         query_embeddings)
 from ov3dseg_core.mapping.voxel_map import VoxelMap
 
-VALIDATION_SEEDS = range(50000, 50008)
+VALIDATION_SEEDS = range(50000, 50024)
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.5, 0.901, 0.05), 3))
 """Relevancy thresholds tried."""
 FLOORS = (-1.0, *(float(f) for f in np.round(np.arange(0.5, 0.801, 0.025), 3)))
@@ -95,13 +95,16 @@ def read_calibration(checkpoint: str | Path) -> QueryCalibration:
     return FEATURE_CALIBRATION if stored is None else QueryCalibration.from_dict(stored)
 
 
+def calibration_entry(calibration: QueryCalibration, details: dict[str, Any]) -> dict[str, Any]:
+    """The ``extra["query"]`` metadata entry: threshold, floor, calibrated_on and ``details``."""
+    return {"threshold": calibration.threshold, "floor": calibration.floor, "calibrated_on": calibration.source,
+            **details}
+
+
 def write_calibration(checkpoint: str | Path, calibration: QueryCalibration, details: dict[str, Any],
                       out: str | Path | None = None) -> Path:
-    """Rewrite ``checkpoint`` (or write a copy to ``out``) atomically with ``extra["query"]`` = threshold, floor,
-    calibrated_on and ``details``; tensors, config and vocabulary are kept as they are."""
-    from ov3dseg_core.training.checkpoint import load_checkpoint, save_checkpoint
+    """Rewrite ``checkpoint`` (or write a copy to ``out``) atomically with ``extra["query"]``; tensors, config and
+    vocabulary are kept as they are."""
+    from ov3dseg_core.training.checkpoint import update_extra
 
-    ckpt = load_checkpoint(checkpoint)
-    ckpt.extra = {**ckpt.extra, QUERY_KEY: {"threshold": calibration.threshold, "floor": calibration.floor,
-                                            "calibrated_on": calibration.source, **details}}
-    return save_checkpoint(checkpoint if out is None else out, ckpt)
+    return update_extra(checkpoint, {QUERY_KEY: calibration_entry(calibration, details)}, out)

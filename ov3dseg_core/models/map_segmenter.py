@@ -39,17 +39,33 @@ class WindowResult:
     seconds: float         # model time
 
 
+LABELLED_MARGIN_KEY = "labelled_margin"
+"""Key in a checkpoint's ``extra`` metadata of the margin (cosine) taken off the model's labelled classes."""
+
+
+def label_offsets(vocabulary: Sequence[str], labelled: Sequence[str], margin: float) -> np.ndarray:
+    """(L,) float32 offsets added to the cosines of ``vocabulary``: -margin for the names the model was trained on
+    with labels (``labelled``, case-insensitive), 0 for the others (calibrated stacking, Chao et al. 2016: a model
+    trained with labels on some classes over-scores them against names it only saw in captions)."""
+    known = {name.strip().lower() for name in labelled}
+    return np.array([-margin if name.strip().lower() in known else 0.0 for name in vocabulary], dtype=np.float32)
+
+
 class MapSegmenter:
-    """A trained OpenVocab3D model, its text encoder and vocabulary, applied to voxel maps."""
+    """A trained OpenVocab3D model, its text encoder and vocabulary, applied to voxel maps.
+
+    ``vocabulary`` are the classes the model was trained on with labels; ``labelled_margin`` (cosine, calibrated on
+    validation scenes by ``ov3dseg calibrate``) is taken off their scores when voxels are labelled."""
 
     def __init__(self, model: OpenVocab3D, vocabulary: Sequence[str], text_encoder: TextEncoder,
-                 device: str | torch.device = "cpu", max_window_voxels: int = 400_000):
+                 device: str | torch.device = "cpu", max_window_voxels: int = 400_000, labelled_margin: float = 0.0):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vocabulary = list(vocabulary)
         self.text_encoder = text_encoder
         self.template = model.cfg.prompt_template
         self.max_window_voxels = max_window_voxels
+        self.labelled_margin = float(labelled_margin)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path = "default", device: str = "cpu", **kwargs) -> "MapSegmenter":
@@ -69,6 +85,7 @@ class MapSegmenter:
         if encoder.dim != config.text_dim:
             raise ValueError(f"text encoder {encoder.name} gives {encoder.dim}-d embeddings, model expects "
                              f"{config.text_dim}")
+        kwargs.setdefault("labelled_margin", float(ckpt.extra.get(LABELLED_MARGIN_KEY, {}).get("margin", 0.0)))
         return cls(model, ckpt.vocabulary, encoder, device=device, **kwargs)
 
     @property
@@ -112,11 +129,18 @@ class MapSegmenter:
         voxel_map.integrate_features(positions[select], feats.float().cpu().numpy())
         return WindowResult(len(select), seconds)
 
-    def classify(self, features: np.ndarray | torch.Tensor, vocabulary: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Labels (V,) int64 (index into ``vocabulary``) and cosine scores (V,) of per-voxel features (V, D)."""
+    def cosines(self, features: np.ndarray | torch.Tensor, vocabulary: Sequence[str]) -> torch.Tensor:
+        """(V, L) cosine similarities of per-voxel features (V, D) to the ``vocabulary`` names."""
         text = self.embed(vocabulary)
         feats = torch.as_tensor(np.asarray(features, dtype=np.float32) if not torch.is_tensor(features)
                                 else features.float()).to(self.device)
-        scores = torch.nn.functional.normalize(feats, dim=-1) @ text.t()
-        best, labels = scores.max(dim=-1)
+        return torch.nn.functional.normalize(feats, dim=-1) @ text.t()
+
+    def classify(self, features: np.ndarray | torch.Tensor, vocabulary: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (V,) int64 (index into ``vocabulary``) and cosine scores (V,) of per-voxel features (V, D); the
+        model's labelled classes compete with ``labelled_margin`` taken off their cosines."""
+        cosines = self.cosines(features, vocabulary)
+        offsets = torch.from_numpy(label_offsets(vocabulary, self.vocabulary, self.labelled_margin))
+        labels = (cosines + offsets.to(cosines.device)).argmax(dim=-1)
+        best = cosines.gather(1, labels[:, None])[:, 0]
         return labels.cpu().numpy(), best.cpu().numpy()

@@ -79,6 +79,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     return Checkpoint(state_dict=state, **meta)
 
 
+def update_extra(path: str | Path, entries: dict[str, Any], out: str | Path | None = None) -> Path:
+    """Rewrite checkpoint ``path`` (or write a copy to ``out``) atomically with ``entries`` merged into its
+    ``extra`` metadata; tensors, config and vocabulary are kept as they are."""
+    ckpt = load_checkpoint(path)
+    ckpt.extra = {**ckpt.extra, **entries}
+    return save_checkpoint(path if out is None else out, ckpt)
+
+
 def train_state_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.stem + ".train_state.pt")

@@ -1,5 +1,5 @@
 """Calibrating the query decision: the grid search picks the floor that separates present from absent classes,
-the calibration round-trips through a checkpoint's metadata, and `ov3dseg calibrate-query` rewrites a real (tiny,
+the calibration round-trips through a checkpoint's metadata, and `ov3dseg calibrate` rewrites a real (tiny,
 untrained) model checkpoint from simulated validation scenes."""
 import json
 
@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from ov3dseg_core.cli import main as cli_main
+from ov3dseg_core.eval.label_calibration import MARGINS
 from ov3dseg_core.eval.query_calibration import (FLOORS, THRESHOLDS, ClassScores, fit_calibration, read_calibration,
                                                  record, write_calibration)
 from ov3dseg_core.mapping.query import FEATURE_CALIBRATION, QueryCalibration
+from ov3dseg_core.models.map_segmenter import MapSegmenter
 from ov3dseg_core.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 VOXEL = 0.05
@@ -61,7 +63,7 @@ def test_calibration_round_trips_through_checkpoint_metadata(tmp_path):
         read_calibration(path)
 
 
-def test_calibrate_query_command_rewrites_a_model_checkpoint(tmp_path, capsys):
+def test_calibrate_command_rewrites_a_model_checkpoint(tmp_path, capsys):
     from dataclasses import asdict
 
     from ov3dseg_core.eval.splits import load_split
@@ -78,7 +80,8 @@ def test_calibrate_query_command_rewrites_a_model_checkpoint(tmp_path, capsys):
     save_checkpoint(path, Checkpoint(model.state_dict(), {"split": "sim_b15n4", "model": asdict(config)}, base))
     before = load_checkpoint(path).state_dict
 
-    args = ["calibrate-query", str(path), "--seeds", "9-9", "--frames", "3", "--cache-dir", str(tmp_path / "cache")]
+    args = ["calibrate", str(path), "--seeds", "9-9", "--frames", "3", "--cache-dir", str(tmp_path / "cache"),
+            "--fit-margin"]
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     stored = load_checkpoint(path)
@@ -90,4 +93,9 @@ def test_calibrate_query_command_rewrites_a_model_checkpoint(tmp_path, capsys):
     assert all(torch.equal(stored.state_dict[k], v) for k, v in before.items()) and stored.vocabulary == base
     assert read_calibration(path) == QueryCalibration(query["threshold"], query["floor"], query["calibrated_on"])
     assert json.loads(json.dumps(query)) == query
-    assert cli_main(["calibrate-query", str(path), "--seeds", "9-8"]) == 2
+    assert cli_main(["calibrate", str(path), "--seeds", "9-8"]) == 2
+    margin = stored.extra["labelled_margin"]
+    assert margin["margin"] in MARGINS and margin["calibrated_on"] == "sim seeds 9-9 (1 scenes)"
+    assert [row["margin"] for row in margin["validation"]] == list(MARGINS)
+    assert f"labelled-class margin of tiny.safetensors: {margin['margin']:g}" in out
+    assert MapSegmenter.from_checkpoint(path).labelled_margin == margin["margin"]
