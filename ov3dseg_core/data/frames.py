@@ -133,8 +133,9 @@ def frame_points(frame: RGBDFrame, min_range: float = 0.1, max_range: float = 10
     points_cam, pixels = backproject_depth(frame.camera, frame.depth, min_range=min_range, max_range=max_range,
                                            stride=stride)
     points = transform_points(frame.pose, points_cam).astype(np.float32, copy=False)
-    colors = None if frame.color is None else frame.color.reshape(-1, 3)[pixels]
-    labels = None if frame.labels is None else frame.labels.reshape(-1)[pixels].astype(np.int32)
+    # np.take: several times faster than fancy indexing for row gathers
+    colors = None if frame.color is None else frame.color.reshape(-1, 3).take(pixels, axis=0)
+    labels = None if frame.labels is None else frame.labels.reshape(-1).take(pixels).astype(np.int32, copy=False)
     return points, colors, labels
 
 

@@ -134,17 +134,19 @@ def backproject_depth(camera: PinholeCamera, depth_m: np.ndarray, min_range: flo
     if int(stride) != stride or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride}")
     depth = np.ascontiguousarray(depth_m[::stride, ::stride], dtype=np.float32)
-    rays_x, rays_y = (np.ascontiguousarray(r[::stride, ::stride]).reshape(-1) for r in _pixel_rays(camera)[0])
-    flat = np.flatnonzero((depth > 0) & (depth >= min_range) & (depth <= max_range))
+    valid = depth >= min_range
+    valid &= depth <= max_range
+    valid &= depth > 0
+    flat = np.flatnonzero(valid)
     z = depth.reshape(-1).take(flat)
-    points = np.empty((flat.size, 3), dtype=np.float32)
-    np.multiply(rays_x.take(flat), z, out=points[:, 0])
-    np.multiply(rays_y.take(flat), z, out=points[:, 1])
-    points[:, 2] = z
     if stride == 1:
-        return points, flat.astype(np.int64)
-    rows, cols = np.divmod(flat, depth.shape[1])
-    return points, (rows * stride * camera.width + cols * stride).astype(np.int64)
+        pixels = flat
+    else:
+        rows, cols = np.divmod(flat, depth.shape[1])
+        pixels = rows * (stride * camera.width) + cols * stride
+    points = _homogeneous_rays(camera).take(pixels, axis=0)  # (N, 3) rows (x/z, y/z, 1): one gather, then scale
+    points *= z[:, None]
+    return points, pixels.astype(np.int64, copy=False)
 
 
 def project_points(camera: PinholeCamera, points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -202,6 +204,15 @@ def _pixel_rays(camera: PinholeCamera) -> tuple[np.ndarray, float]:
     rays = np.stack([x, y]).astype(np.float32)
     rays.flags.writeable = False
     return rays, float((x * x + y * y).max())
+
+
+@functools.lru_cache(maxsize=16)
+def _homogeneous_rays(camera: PinholeCamera) -> np.ndarray:
+    """(H * W, 3) float32 rays (x/z, y/z, 1) of the pixels in row-major order (read-only), cached per camera."""
+    rays = np.stack([*_pixel_rays(camera)[0], np.ones((camera.height, camera.width), np.float32)], axis=-1)
+    rays = np.ascontiguousarray(rays.reshape(-1, 3))
+    rays.flags.writeable = False
+    return rays
 
 
 def _coefficients(distortion: tuple[float, ...]) -> np.ndarray:
