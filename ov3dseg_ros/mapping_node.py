@@ -133,7 +133,8 @@ class MappingNode(Node):
         groups = self._groups
         self.tf_listener = TfListener(self, self.tf_buffer, time_jump_s=cfg.time_jump_s,
                                       on_time_jump=self._on_time_jump, on_update=self.queue.notify,
-                                      callback_group=groups["tf"], guard=self._safe_callback)
+                                      callback_group=groups["tf"], guard=self._safe_callback,
+                                      qos=cfg.sensor_qos("tf"))
         streams = ("color", "depth", "semantic") if cfg.label_names else ("color", "depth")
         self._syncs = {ns: StampSynchronizer(streams, int(cfg.sync_tolerance_s * 1e9), depth=2 * cfg.queue_size)
                        for ns in cfg.cameras}
@@ -184,6 +185,7 @@ class MappingNode(Node):
                                                  else [])}:
             self._remove_stale_temps(directory)
         self._stop = threading.Event()
+        self._status_due = threading.Event()
         self.busy = False
         """True while the worker processes a frame (a replay's settle timeout only runs while it is idle)."""
         self._worker = threading.Thread(target=self._work, name="ov3dseg_worker", daemon=True)
@@ -409,7 +411,8 @@ class MappingNode(Node):
         self._count("dropped", f"dropped_{reason}")
         self._warn(reason, f"dropped {frame.kind} frame from {frame.source} at {frame.stamp_ns / 1e9:.3f} s: "
                            f"{detail} ({self.counters[f'dropped_{reason}']} dropped for this reason)")
-        self._publish_status()
+        self._status_due.set()  # the worker publishes it: a sensor callback must not wait for the map's lock
+        self.queue.notify()
 
     def _count_bad_input(self, detail: str) -> None:
         self._count("bad_messages")
@@ -432,6 +435,9 @@ class MappingNode(Node):
                     self._process(frame)
                 finally:
                     self.busy = False
+            if self._status_due.is_set():
+                self._status_due.clear()
+                self._publish_status()
 
     def _is_ready(self, frame: PendingFrame) -> bool:
         if frame.kind == "rgbd" and not isinstance(self._cameras.get(frame.source), PinholeCamera):

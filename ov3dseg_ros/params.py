@@ -25,7 +25,7 @@ from ov3dseg_ros.input_diagnostics import InputLimits
 NODE_NAME = "ov3dseg_mapper"
 RELIABILITIES = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 """Values of the qos_*_reliability parameters."""
-QOS_INPUTS = ("image", "camera_info", "lidar")
+QOS_INPUTS = ("image", "camera_info", "lidar", "tf")
 """Input kinds with their own qos_<kind>_reliability and qos_<kind>_depth parameters."""
 
 
@@ -95,6 +95,12 @@ class MapperConfig:
     qos_lidar_reliability: str = _p("best_effort", "reliability of the LiDAR PointCloud2 subscriptions",
                                     constraints="best_effort or reliable")
     qos_lidar_depth: int = _p(5, "history depth of each LiDAR subscription, messages", lo=1, hi=1000)
+    qos_tf_reliability: str = _p(
+        "best_effort", "reliability of the /tf subscription (best_effort: a lost transform is skipped and the next "
+        "one delivered at once; reliable: delivered in order, so one lost packet holds every later transform back "
+        "until it is resent, seconds under load); /tf_static is always reliable and transient-local",
+        constraints="best_effort or reliable")
+    qos_tf_depth: int = _p(100, "history depth of the /tf subscription, messages", lo=1, hi=10_000)
     cloud_rate_hz: float = _p(1.0, "semantic cloud publishing rate (only while subscribed); 0 = off",
                               lo=0.0, hi=100.0)
     status_rate_hz: float = _p(1.0, "status and diagnostics rate (status is also sent after every frame)",
@@ -194,8 +200,8 @@ class MapperConfig:
         return self
 
     def sensor_qos(self, kind: str) -> QoSProfile:
-        """Subscription QoS of one input kind ('image', 'camera_info' or 'lidar'): SensorDataQoS with this
-        config's reliability and depth."""
+        """Subscription QoS of one input kind ('image', 'camera_info', 'lidar' or 'tf'): KEEP_LAST, volatile, with
+        this config's reliability and depth (SensorDataQoS by default)."""
         return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=getattr(self, f"qos_{kind}_depth"),
                           reliability=RELIABILITIES[getattr(self, f"qos_{kind}_reliability")],
                           durability=DurabilityPolicy.VOLATILE)

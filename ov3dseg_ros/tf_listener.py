@@ -12,9 +12,10 @@ from tf2_msgs.msg import TFMessage
 from ov3dseg_core.geometry.tf_buffer import TfBuffer, TransformError
 from ov3dseg_ros.conversions import transform_from_msg
 
-TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT,
                     durability=DurabilityPolicy.VOLATILE)
-"""/tf as tf2_ros listens to it."""
+"""/tf by default: best effort (it matches reliable and best-effort publishers), so a lost packet never holds the
+newer transforms back (reliable delivery is in order: on a loaded host /tf then lags by seconds)."""
 TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE,
                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 """/tf_static: latched (transient-local), so transforms published before the node started still arrive."""
@@ -33,12 +34,12 @@ class TfListener:
     - Malformed transforms are counted in ``invalid``. Warnings are rate-limited.
 
     ``on_update()`` runs after every message, e.g. to wake a worker waiting for transforms. ``guard(name,
-    callback)`` (optional) wraps the two subscription callbacks, e.g. to make them fail-safe.
+    callback)`` (optional) wraps the two subscription callbacks, e.g. to make them fail-safe. ``qos``: of /tf.
     """
 
     def __init__(self, node: Node, buffer: TfBuffer, *, time_jump_s: float = 1.0,
                  on_time_jump: Callable[[int], None] | None = None, on_update: Callable[[], None] | None = None,
-                 callback_group: CallbackGroup | None = None,
+                 callback_group: CallbackGroup | None = None, qos: QoSProfile = TF_QOS,
                  guard: Callable[[str, Callable], Callable] = lambda name, callback: callback):
         self.buffer = buffer
         self.received = 0
@@ -52,7 +53,7 @@ class TfListener:
         self._on_time_jump = on_time_jump
         self._on_update = on_update
         self._subscriptions = [
-            node.create_subscription(TFMessage, "/tf", guard("/tf", lambda m: self._on_message(m, False)), TF_QOS,
+            node.create_subscription(TFMessage, "/tf", guard("/tf", lambda m: self._on_message(m, False)), qos,
                                      callback_group=callback_group),
             node.create_subscription(TFMessage, "/tf_static", guard("/tf_static", lambda m: self._on_message(m, True)),
                                      TF_STATIC_QOS, callback_group=callback_group),
