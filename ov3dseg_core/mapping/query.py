@@ -213,8 +213,8 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
     embeddings of ``negative_names``, with the model's prompt template; normalised here). Objects are labelled
     ``label`` (the query text). threshold 0 = the calibrated default; top_k limits the returned voxels (0 = all).
 
-    Cosines come from the map's int8 feature copy (``feature_similarity(compact=True)``, about 1e-2 off the float16
-    values, half the bytes to read): with a floor above -1 the query first, then the negatives for the voxels at
+    Cosines come from the map's int8 feature copy (``feature_similarity(compact=True)`` and ``query_similarity``,
+    about 1e-2 off the float16 values, half the bytes to read): with a floor above -1 the query first, then the negatives for the voxels at
     or above the floor only (the others cannot match); with floor -1 all in one pass over the features."""
     _check_limits(top_k, threshold)
     dim = voxel_map.config.feature_dim
@@ -223,13 +223,12 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
     table = _query_table(query_embedding, negative_embeddings, dim)
     with voxel_map.lock:
         if calibration.floor <= -1.0:
-            cosine = voxel_map.feature_similarity(table, compact=True)
-            query_cosine, hardest = cosine[:, 0], _hardest(cosine[:, 1:])
+            query_cosine, hardest = voxel_map.query_similarity(table[0], table[1:])
         else:
             query_cosine = voxel_map.feature_similarity(table[0], compact=True)
             candidates = np.flatnonzero(query_cosine >= calibration.floor)
             hardest = np.full(len(query_cosine), np.inf, np.float32)
-            hardest[candidates] = _hardest(voxel_map.feature_similarity(table[1:], candidates, compact=True))
+            hardest[candidates] = voxel_map.query_similarity(table[0], table[1:], candidates)[1]
         score, matches = decide(query_cosine, hardest, calibration, threshold)
         return _answer(voxel_map, score, matches, calibration.threshold_for(threshold), top_k, min_voxels,
                        default_label=label)

@@ -56,6 +56,9 @@ keys: an O(map) merge every map size / DELTA_FRACTION new voxels."""
 RESERVE_HEADROOM = 1 << 18
 """Slots reserved beyond max_voxels (a frame's voxels arrive before the budget is enforced)."""
 
+QUERY_CHUNK = 65536
+"""Voxels scored per chunk by ``query_similarity`` (a QUERY_CHUNK x K block of dot products stays in cache)."""
+
 FEATURE_NORM_LIMIT = 60000.0
 """Largest accepted L2 norm of a feature vector: features are stored and scored in float16 (max 65504), and a fused
 feature is a weighted mean, so its norm and its dot product with a unit vector stay below this."""
@@ -350,35 +353,66 @@ class VoxelMap:
 
         compact=False: one float16 matrix product over the stored features (float32 accumulation; no (M, D) copy
         of the whole map), accurate to about 3e-4. compact=True: the int8 copy (D bytes read per voxel, half of
-        float16; the embeddings quantised per row too), accurate to about 1e-2 (see ``int8_scores``).
+        float16; the embeddings quantised per row too), accurate to about 1e-2 (see ``Int8Scorer``).
         """
+        single = np.ndim(embedding) <= 1
+        e = self._unit_embeddings(embedding)
+        with self.lock:
+            slots, rows = self._scored_slots(indices)
+            if compact:
+                dots = Int8Scorer(e)(self._slot_rows("feature_code", rows), self._slot_rows("feature_scale", rows))
+            else:
+                dots = torch.mm(self._slot_rows("feature", rows), e.to(torch.float16).t()).float()
+            if indices is None:
+                dots = dots.index_select(0, slots)
+            fnorm = self._slots["feature_norm"].index_select(0, slots)[:, None]
+        cosine = _cosine_(dots, fnorm)
+        return _numpy(cosine[:, 0] if single else cosine)
+
+    def query_similarity(self, query, negatives, indices=None) -> tuple[np.ndarray, np.ndarray]:
+        """Per voxel, from the int8 store: (cosine with ``query`` (D,), largest cosine with the (K, D) ``negatives``),
+        two (M,) float32 arrays; -inf where a voxel has no feature, and -inf as the largest when K = 0.
+        ``indices`` as in ``feature_similarity``. Scored QUERY_CHUNK voxels at a time: no (M, K) intermediate."""
+        negatives = np.asarray(_host(negatives), dtype=np.float32).reshape(-1, np.shape(query)[-1])
+        e = self._unit_embeddings(np.vstack([np.reshape(_host(query), (1, -1)), negatives]))
+        scorer = Int8Scorer(e)
+        with self.lock:
+            slots, rows = self._scored_slots(indices)
+            codes, scale = self._slot_rows("feature_code", rows), self._slot_rows("feature_scale", rows)
+            best = torch.full((codes.shape[0], 2), -torch.inf, device=self.device)
+            for start in range(0, codes.shape[0], QUERY_CHUNK):
+                dots = scorer(codes[start:start + QUERY_CHUNK], scale[start:start + QUERY_CHUNK])
+                best[start:start + QUERY_CHUNK, 0] = dots[:, 0]
+                if dots.shape[1] > 1:
+                    best[start:start + QUERY_CHUNK, 1] = dots[:, 1:].amax(dim=1)
+            if indices is None:
+                best = best.index_select(0, slots)
+            fnorm = self._slots["feature_norm"].index_select(0, slots)[:, None]
+        best = _cosine_(best, fnorm)
+        return _numpy(best[:, 0]), _numpy(best[:, 1])
+
+    def _unit_embeddings(self, embedding) -> torch.Tensor:
+        """(K, D) float32 unit rows on the map's device from a (D,) or (K, D) embedding; ValueError when impossible."""
         if self.config.feature_dim == 0:
             raise ValueError("this map stores no features (feature_dim=0)")
-        e = torch.as_tensor(embedding, dtype=torch.float32, device=self.device)
-        single = e.dim() <= 1
-        e = e.reshape(1, -1) if single else e
+        e = torch.as_tensor(_host(embedding), dtype=torch.float32, device=self.device)
+        e = e.reshape(1, -1) if e.dim() <= 1 else e
         if e.dim() != 2 or e.shape[1] != self.config.feature_dim:
             raise ValueError(f"embedding has shape {tuple(e.shape)}, the map's features have "
                              f"{self.config.feature_dim} values")
         norm = torch.linalg.vector_norm(e, dim=1, keepdim=True)
         if not bool(torch.isfinite(norm).all()) or bool((norm == 0).any()):
             raise ValueError("embedding must be finite and non-zero")
-        e = e / norm
-        with self.lock:
-            _, slots = self._ordered()
-            if indices is not None:
-                slots = slots[self._positions_of(indices)]
-            rows = None if indices is None else slots  # all voxels: score the used slots in place, then reorder
-            if compact:
-                dots = int8_scores(self._slot_rows("feature_code", rows), self._slot_rows("feature_scale", rows), e)
-            else:
-                dots = torch.mm(self._slot_rows("feature", rows), e.to(torch.float16).t()).float()
-            if indices is None:
-                dots = dots.index_select(0, slots)
-            fnorm = self._slots["feature_norm"].index_select(0, slots)[:, None]
-        cosine = (dots / fnorm.clamp_min(1e-30)).clamp_(-1.0, 1.0)
-        cosine = torch.where(fnorm > 0, cosine, torch.full_like(cosine, -torch.inf))
-        return _numpy(cosine[:, 0] if single else cosine)
+        return e / norm
+
+    def _scored_slots(self, indices) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(slots of the voxels to score, in accessor order; the rows to read: those slots, or None = all used
+        slots in place, to be reordered by ``slots`` afterwards). Lock held."""
+        _, slots = self._ordered()
+        if indices is None:
+            return slots, None
+        slots = slots[self._positions_of(indices)]
+        return slots, slots
 
     def memory_bytes(self) -> int:
         """Bytes of the voxel storage in use (slots handed out, including freed ones awaiting reuse) and of the
@@ -884,24 +918,39 @@ def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scale.to(torch.float32)
 
 
-def int8_scores(codes: torch.Tensor, scale: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-    """Dot products (M, K) float32 of int8 rows (codes (M, D) int8 x scale (M,)) with (K, D) float embeddings.
+class Int8Scorer:
+    """Dot products of int8 rows (codes (M, D) int8 x scale (M,)) with fixed (K, D) float embeddings.
 
-    The embeddings are quantised per row as well; the int8 x int8 products accumulate exactly in int32 (oneDNN
-    on x86 CPUs, reading D bytes per row), elsewhere in chunks of float32. Error: about 1e-2 for unit vectors.
+    The embeddings are quantised per row once; the int8 x int8 products accumulate exactly in int32 (oneDNN on
+    x86 CPUs, reading D bytes per row), elsewhere in float32 chunks. Error: about 1e-2 for unit vectors.
     """
-    e_codes, e_scale = quantize_rows(embeddings.to(torch.float32))
-    if codes.device.type == "cpu" and torch.backends.mkldnn.is_available() and codes.shape[0] and len(e_codes):
-        packed = torch.ops.onednn.qlinear_prepack(e_codes, [FUSION_CHUNK, codes.shape[1]])
-        zero = torch.zeros(e_codes.shape[0], dtype=torch.int64)
-        dots = torch.ops.onednn.qlinear_pointwise(codes, 1.0, 0, packed, e_scale, zero, None, 1.0, 0,
-                                                  torch.float32, "none", [None], "")
-    else:
-        e = (e_codes.to(torch.float32) * e_scale[:, None]).t()
-        dots = torch.cat([codes[i:i + FUSION_CHUNK].to(torch.float32) @ e for i in range(0, codes.shape[0],
-                                                                                       FUSION_CHUNK)]
-                         or [codes.new_zeros((0, e.shape[1]), dtype=torch.float32)])
-    return dots.mul_(scale[:, None])
+
+    def __init__(self, embeddings: torch.Tensor):
+        self.codes, self.scale = quantize_rows(embeddings.to(torch.float32))
+        self.onednn = (embeddings.device.type == "cpu" and torch.backends.mkldnn.is_available()
+                       and len(self.codes) > 0)
+        if self.onednn:
+            self.packed = torch.ops.onednn.qlinear_prepack(self.codes, [QUERY_CHUNK, self.codes.shape[1]])
+            self.zero = torch.zeros(len(self.codes), dtype=torch.int64)
+        self.dense = (self.codes.to(torch.float32) * self.scale[:, None]).t()  # (D, K), the portable path
+
+    def __call__(self, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """(M, K) float32 dot products."""
+        if self.onednn and codes.shape[0]:
+            dots = torch.ops.onednn.qlinear_pointwise(codes, 1.0, 0, self.packed, self.scale, self.zero, None, 1.0,
+                                                      0, torch.float32, "none", [None], "")
+        else:
+            dots = torch.empty((codes.shape[0], len(self.codes)), device=codes.device)
+            for i in range(0, codes.shape[0], FUSION_CHUNK):
+                torch.mm(codes[i:i + FUSION_CHUNK].to(torch.float32), self.dense, out=dots[i:i + FUSION_CHUNK])
+        return dots.mul_(scale[:, None])
+
+
+def _cosine_(dots: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """(M, K) dot products with unit vectors -> cosines in place, given (M, 1) feature norms; -inf where a norm is 0
+    (and -inf entries stay -inf)."""
+    none = torch.isneginf(dots) | (norms == 0)
+    return dots.div_(norms.clamp_min(1e-30)).clamp_(min=-1.0, max=1.0).masked_fill_(none, -torch.inf)
 
 
 def _searchsorted(sorted_keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

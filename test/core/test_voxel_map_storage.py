@@ -5,7 +5,7 @@ import torch
 
 from ov3dseg_core.mapping import VoxelMap, VoxelMapConfig
 from ov3dseg_core.mapping import voxel_map as voxel_map_module
-from ov3dseg_core.mapping.voxel_map import int8_scores, quantize_rows
+from ov3dseg_core.mapping.voxel_map import Int8Scorer, quantize_rows
 
 VS = 0.05
 
@@ -94,8 +94,31 @@ def test_int8_scores_match_the_float_product_on_any_backend():
     codes, scale = quantize_rows(rows)
     assert codes.dtype == torch.int8 and int(codes.abs().max()) == 127
     assert float((codes.float() * scale[:, None] - rows).abs().max()) <= float(scale.max()) / 2 + 1e-6
-    scores = int8_scores(codes, scale, embeddings)
     exact = rows @ embeddings.t()
     bound = 0.02 * rows.norm(dim=1, keepdim=True) * embeddings.norm(dim=1)
+    scorer = Int8Scorer(embeddings)
+    scores = scorer(codes, scale)
     assert bool(((scores - exact).abs() <= bound).all())
-    assert int8_scores(codes, scale, embeddings[:0]).shape == (5000, 0)
+    scorer.onednn = False  # the portable float32 path gives the same products
+    np.testing.assert_allclose(scorer(codes, scale).numpy(), scores.numpy(), rtol=1e-5, atol=1e-4)
+    assert Int8Scorer(embeddings[:0])(codes, scale).shape == (5000, 0)
+
+
+def test_query_similarity_is_the_query_column_and_the_best_negative(monkeypatch):
+    monkeypatch.setattr(voxel_map_module, "QUERY_CHUNK", 1000)
+    rng = np.random.default_rng(4)
+    vmap = VoxelMap(VoxelMapConfig(voxel_size=VS, feature_dim=32))
+    vmap.integrate_features(grid_points(0, 4500), rng.standard_normal((4500, 32)).astype(np.float32))
+    vmap.integrate(grid_points(10_000, 5))  # voxels without features
+    table = rng.standard_normal((6, 32))
+    cosine = vmap.feature_similarity(table, compact=True)
+    query, hardest = vmap.query_similarity(table[0], table[1:])
+    np.testing.assert_allclose(query, cosine[:, 0], atol=1e-6)
+    np.testing.assert_allclose(hardest, cosine[:, 1:].max(axis=1), atol=1e-6)
+    bare = vmap.feature_weights() == 0
+    assert bare.sum() == 5 and np.isneginf(query[bare]).all() and np.isneginf(hardest[bare]).all()
+    some = np.array([3, 4400, 4502])
+    np.testing.assert_allclose(vmap.query_similarity(table[0], table[1:], some)[1], hardest[some], atol=1e-6)
+    only_query, none = vmap.query_similarity(table[0], table[:0])
+    np.testing.assert_allclose(only_query, query, atol=1e-6)
+    assert np.isneginf(none).all()
