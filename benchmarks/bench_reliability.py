@@ -125,7 +125,7 @@ def bench_throughput(rate_hz: float, seconds: float, tf_mode: str, stale: bool, 
             time.sleep(0.1)
         time.sleep(max(0.0, mapper.config.tf_timeout_s))  # let waiting frames expire into the counters
         counters = dict(mapper.counters)
-        lost = {t.rsplit("/", 2)[-2]: m.lost for t, m in mapper._inputs.items()}
+        lost = {t.split("/", 2)[-1]: m.lost for t, m in mapper._inputs.items()}
         unmatched = sum(s.discarded for s in mapper._syncs.values())
         return {"rate": rate_hz, "tf": tf_mode + (" + stale stamp 0" if stale else ""), "published": published,
                 "images": "reliable" if reliable else "best effort", "stride": stride,

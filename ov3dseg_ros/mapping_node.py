@@ -108,7 +108,7 @@ class MappingNode(Node):
                 raise ParameterError(f"{NODE_NAME}: feature_dim {cfg.feature_dim} does not match model "
                                      f"{cfg.model!r} ({segmenter.feature_dim}-d features); leave it 0")
             self.semantic = SemanticStage(segmenter, cfg.model_rate_hz, cfg.model_window_radius,
-                                          on_error=self._on_model_error)
+                                          on_error=self._on_model_error, threads=cfg.threads)
         self.map_directory = Path(cfg.map_directory or os.getcwd()).resolve()
         """The only directory ~/save_map and ~/load_map use (parameter map_directory)."""
         self.voxel_map = self._initial_map(cfg)
@@ -213,7 +213,7 @@ class MappingNode(Node):
 
     # -- fail-safe callbacks -------------------------------------------------------------------------------
     def _callback_failed(self, name: str, exc: Exception) -> str:
-        self._count("callback_errors")
+        self._count("callback_errors", f"callback_errors_{name}")
         self.get_logger().error(f"{name} callback failed: {exc!r} ({self.counters['callback_errors']} callback "
                                 "errors so far)", throttle_duration_sec=WARN_PERIOD_S)
         return f"internal error in {name}: {exc!r}"
@@ -420,24 +420,29 @@ class MappingNode(Node):
 
     # -- worker --------------------------------------------------------------------------------------------
     def _work(self) -> None:
-        torch.set_num_threads(self.config.threads)  # intra-op threads, process-wide (also the model's)
+        torch.set_num_threads(self.config.threads)  # intra-op threads of this thread (OpenMP: per thread)
         version = 0
+        step = self._safe_callback("worker", self._work_step)
         while not self._stop.is_set():
             version = self.queue.wait(version, timeout_s=0.05)
-            while not self._stop.is_set():
-                frame, expired = self.queue.pop_ready(self._now_ns(), self._is_ready)
-                for old in expired:
-                    self._drop(old, *self._why_not_ready(old))
-                if frame is None:
-                    break
-                self.busy = True
-                try:
-                    self._process(frame)
-                finally:
-                    self.busy = False
-            if self._status_due.is_set():
-                self._status_due.clear()
-                self._publish_status()
+            step()
+
+    def _work_step(self) -> None:
+        """Integrate every frame that is ready, drop the expired ones, publish the status when due."""
+        while not self._stop.is_set():
+            frame, expired = self.queue.pop_ready(self._now_ns(), self._is_ready)
+            for old in expired:
+                self._drop(old, *self._why_not_ready(old))
+            if frame is None:
+                break
+            self.busy = True
+            try:
+                self._process(frame)
+            finally:
+                self.busy = False
+        if self._status_due.is_set():
+            self._status_due.clear()
+            self._publish_status()
 
     def _is_ready(self, frame: PendingFrame) -> bool:
         if frame.kind == "rgbd" and not isinstance(self._cameras.get(frame.source), PinholeCamera):

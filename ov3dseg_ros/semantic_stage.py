@@ -13,6 +13,7 @@ import threading
 from typing import Callable
 
 import numpy as np
+import torch
 
 from ov3dseg_core.data.frames import RGBDFrame
 from ov3dseg_core.mapping.voxel_map import VoxelMap
@@ -28,10 +29,11 @@ class SemanticStage:
     """Frame stage ``stage(frame, voxel_map)``; counts its passes, the voxels they covered and superseded windows.
 
     ``on_error(exc)`` is called (in the stage's thread) when a pass raises; the stage goes on with the next one.
+    ``threads``: torch intra-op threads of the stage's thread.
     """
 
     def __init__(self, segmenter: MapSegmenter, rate_hz: float, radius: float, *, synchronous: bool = False,
-                 on_error: Callable[[Exception], None] | None = None):
+                 on_error: Callable[[Exception], None] | None = None, threads: int = 1):
         self.segmenter = segmenter
         self.period_ns = int(1e9 / rate_hz) if rate_hz > 0 else 0
         self.radius = radius
@@ -41,6 +43,7 @@ class SemanticStage:
         self.voxels = 0
         self.superseded = 0
         self._on_error = on_error
+        self._threads = threads
         self._pending: tuple[np.ndarray, VoxelMap] | None = None
         self._running = False
         self._closed = False
@@ -76,6 +79,7 @@ class SemanticStage:
             self._thread.join(timeout=timeout_s)
 
     def _run(self) -> None:
+        torch.set_num_threads(self._threads)  # intra-op threads of this thread's model passes
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._pending is not None or self._closed)

@@ -100,7 +100,7 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_train_state(path: str | Path) -> dict[str, Any] | None:
     p = train_state_path(path)
-    return torch.load(p, map_location="cpu", weights_only=False) if p.exists() else None
+    return torch.load(p, map_location="cpu", weights_only=True) if p.exists() else None
 
 
 def export_half(src: str | Path, dst: str | Path) -> Path:

@@ -100,7 +100,7 @@ def test_bit_flip_in_payload_is_rejected(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     (dict(format="someone.else"), "not an ov3dseg map"),
     (dict(version="2"), "version"),
-    (dict(num_voxels="5"), "metadata says 5 voxels"),
+    (dict(num_voxels="5"), r"array 'keys' is I32 \(\d+, 3\), expected I32 \(5, 3\)"),
     (dict(voxel_size="abc"), "bad or missing metadata"),
 ])
 def test_wrong_format_version_or_metadata_is_rejected(tmp_path, changes, message):
@@ -176,3 +176,83 @@ def test_ply_export_read_by_open3d(tmp_path):
     labels, confidence = vmap.labels()
     np.testing.assert_array_equal(vertices["label"], labels)
     np.testing.assert_array_equal(vertices["score"], confidence)
+
+
+def rewrite_arrays(path, arrays: dict, **metadata_changes) -> None:
+    """Rewrite a saved map with other arrays (torch tensors) and metadata, the checksum recomputed when it can be."""
+    import torch
+    from safetensors.torch import save_file
+    with open(path, "rb") as f:
+        meta = {**json.loads(f.read(int.from_bytes(f.read(8), "little")))["__metadata__"], **metadata_changes}
+    try:
+        meta["checksum"] = map_file._checksum(arrays)
+    except (TypeError, KeyError):
+        pass
+    save_file({k: torch.as_tensor(v) for k, v in arrays.items()}, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("bf16 features", r"array 'feature' is BF16"),
+    ("label_names 5", "label_names must be null or a list of 3 strings"),
+    ("label_names too short", "label_names must be null or a list of 3 strings"),
+    ("deeply nested label_names", "bad or missing metadata"),
+    ("negative voxel_size", "voxel_size -0.05 is not a positive"),
+    ("num_labels beyond 16 bits", "num_labels 70000 outside"),
+    ("feature_dim 2.5", "bad or missing metadata"),
+    ("negative tick", "tick -1 outside"),
+    ("int64 keys", r"array 'keys' is I64"),
+    ("an extra array", "do not match the format"),
+    ("non-finite features", "'feature' holds non-finite values"),
+    ("negative stamps", "'stamp' holds negative values"),
+])
+def test_every_field_of_a_crafted_file_is_validated(tmp_path, case, message):
+    """Each case once crashed or would crash the loader (TypeError, RecursionError, ...) instead of a MapFileError."""
+    import torch
+    path = tmp_path / "map.safetensors"
+    sample_map().save(path)
+    arrays = {k: torch.from_numpy(v.copy()) for k, v in load_file(path).items()}
+    changes = {
+        "bf16 features": ({**arrays, "feature": arrays["feature"].to(torch.bfloat16)}, {}),
+        "label_names 5": (arrays, {"label_names": "5"}),
+        "label_names too short": (arrays, {"label_names": '["wall"]'}),
+        "deeply nested label_names": (arrays, {"label_names": "[" * 50_000 + "]" * 50_000}),
+        "negative voxel_size": (arrays, {"voxel_size": "-0.05"}),
+        "num_labels beyond 16 bits": (arrays, {"num_labels": "70000"}),
+        "feature_dim 2.5": (arrays, {"feature_dim": "2.5"}),
+        "negative tick": (arrays, {"tick": "-1"}),
+        "int64 keys": ({**arrays, "keys": arrays["keys"].long()}, {}),
+        "an extra array": ({**arrays, "extra": torch.zeros(3)}, {}),
+        "non-finite features": ({**arrays, "feature": arrays["feature"].index_fill(0, torch.tensor([3]),
+                                                                                    float("inf"))}, {}),
+        "negative stamps": ({**arrays, "stamp": arrays["stamp"] - 10**6}, {}),
+    }
+    rewrite_arrays(path, *changes[case][:1], **changes[case][1])
+    with pytest.raises(MapFileError, match=message):
+        VoxelMap.load(path)
+
+
+def test_is_map_file_reads_only_the_header(tmp_path):
+    path = tmp_path / "map.safetensors"
+    sample_map().save(path)
+    assert map_file.is_map_file(path)
+    other = tmp_path / "other.safetensors"
+    save_numpy({"x": np.zeros(3, np.float32)}, other)
+    (tmp_path / "text").write_text("hello")
+    (tmp_path / "huge").write_bytes((2**62).to_bytes(8, "little"))
+    assert not any(map_file.is_map_file(tmp_path / n) for n in ("other.safetensors", "text", "huge", "missing"))
+
+
+def test_stale_temp_files_of_dead_writers_are_removed_by_the_next_save(tmp_path):
+    path = tmp_path / "map.safetensors"
+    dead = tmp_path / f".map.safetensors.{2 ** 22 + 17}.{'a' * 32}.tmp"  # pid above pid_max: no such process
+    alive = tmp_path / f".map.safetensors.{os.getpid()}.{'b' * 32}.tmp"  # a save in progress in this process
+    old_legacy = tmp_path / f".map.safetensors.{'c' * 32}.tmp"  # written before temp names carried the pid
+    new_legacy = tmp_path / f".map.safetensors.{'d' * 32}.tmp"
+    other = tmp_path / f".other.safetensors.{2 ** 22 + 17}.{'e' * 32}.tmp"
+    for p in (dead, alive, old_legacy, new_legacy, other):
+        p.write_bytes(b"x" * 100)
+    os.utime(old_legacy, (0, 0))
+    sample_map().save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [alive.name, new_legacy.name, other.name, "map.safetensors"])  # only this target's stale files go
+    assert atomic_write.remove_stale_temps(tmp_path) == [other]

@@ -144,3 +144,52 @@ def test_stage_timings_summarise_exactly():
     assert s["p50_ms"] == pytest.approx(3.0)
     table = format_timings(timings.summary(), wall_s=2.0)
     assert "integrate" in table and table.splitlines()[-1].split()[-1] == "2.0"  # 4 calls / 2 s
+
+
+class SlowSegmenter:
+    """A MapSegmenter stand-in: each update takes ``seconds`` and records the window centre; 'fail' raises."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.centers: list[tuple[float, ...]] = []
+
+    def update(self, voxel_map, center, radius):
+        import time
+        from types import SimpleNamespace
+        time.sleep(self.seconds)
+        if center[0] < 0:
+            raise RuntimeError("model failed")
+        self.centers.append(tuple(center))
+        return SimpleNamespace(num_voxels=7)
+
+
+def posed_frame(x: float, stamp_ns: int):
+    from ov3dseg_core.data.frames import RGBDFrame
+    from ov3dseg_core.geometry.camera import PinholeCamera
+    pose = np.eye(4)
+    pose[0, 3] = x
+    return RGBDFrame(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32), PinholeCamera(2, 2, 1, 1, 1, 1),
+                     pose, stamp_ns)
+
+
+def test_the_model_stage_runs_off_the_geometry_path_and_the_newest_window_wins():
+    import time
+    from ov3dseg_ros.semantic_stage import SemanticStage
+    errors = []
+    segmenter = SlowSegmenter(0.3)
+    stage = SemanticStage(segmenter, rate_hz=0.0, radius=2.0, on_error=errors.append)
+    try:
+        start = time.perf_counter()
+        for i in range(6):
+            stage(posed_frame(float(i), i), None)
+        assert time.perf_counter() - start < 0.25  # six hand-offs, not six 0.3 s passes
+        assert stage.wait_idle(10.0)
+        assert segmenter.centers[-1][0] == 5.0 and stage.passes == len(segmenter.centers) < 6
+        assert stage.superseded == 6 - stage.passes and stage.voxels == 7 * stage.passes
+        stage(posed_frame(-1.0, 10), None)  # a failing pass is reported, the stage goes on
+        assert stage.wait_idle(10.0) and len(errors) == 1
+        stage.synchronous = True  # a deterministic replay: each pass in the caller
+        stage(posed_frame(9.0, 11), None)
+        assert segmenter.centers[-1][0] == 9.0
+    finally:
+        stage.close()
