@@ -141,10 +141,10 @@ class MappingNode(Node):
         self._inputs = {topic: InputMonitor(topic) for topic in self._input_topics(streams)}
         for ns in cfg.cameras:
             for stream in streams:
-                self.create_subscription(
-                    Image, cfg.topic(ns, stream),
-                    self._safe_subscription(f"{stream} image", lambda m, i, ns=ns, s=stream: self._on_image(ns, s, m, i)),
-                    cfg.sensor_qos("image"), callback_group=groups["sensors"])
+                on_image = self._safe_subscription(f"{stream} image",
+                                                   lambda m, i, ns=ns, s=stream: self._on_image(ns, s, m, i))
+                self.create_subscription(Image, cfg.topic(ns, stream), on_image, cfg.sensor_qos("image"),
+                                         callback_group=groups["sensors"])
             self.create_subscription(
                 CameraInfo, cfg.topic(ns, "camera_info"),
                 self._safe_subscription("camera_info", lambda m, i, ns=ns: self._on_camera_info(ns, m, i)),

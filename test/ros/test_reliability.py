@@ -219,11 +219,12 @@ def test_an_exception_in_any_callback_is_logged_counted_and_answered(graph_rig, 
         patch.setattr(mapper, "save_map", boom)
         patch.setattr(mapping_node, "load_map", boom)
         patch.setattr(mapper.voxel_map, "clear", boom)
+        map_path = str(tmp_path / "m.safetensors")
         for srv, name, request in ((Query, "/query", Query.Request(text="chair")),
                                    (EncodeText, f"{MAPPER}/encode_text", EncodeText.Request(texts=["a"])),
                                    (SetVocabulary, f"{MAPPER}/set_vocabulary", SetVocabulary.Request(names=["a"])),
-                                   (SaveMap, f"{MAPPER}/save_map", SaveMap.Request(path=str(tmp_path / "m.safetensors"))),
-                                   (LoadMap, f"{MAPPER}/load_map", LoadMap.Request(path=str(tmp_path / "m.safetensors"))),
+                                   (SaveMap, f"{MAPPER}/save_map", SaveMap.Request(path=map_path)),
+                                   (LoadMap, f"{MAPPER}/load_map", LoadMap.Request(path=map_path)),
                                    (Trigger, f"{MAPPER}/clear", Trigger.Request())):
             response = call_service(rig, srv, name, request)
             assert not response.success and "internal error" in response.message and "injected" in response.message
