@@ -1,5 +1,6 @@
 """``ov3dseg train CONFIG``: train an open-vocabulary 3D model, then evaluate it on the validation scenes (the
-held-out scenes are for ``ov3dseg evaluate``, once, at the end)."""
+held-out scenes are for ``ov3dseg evaluate``, once, at the end). Configs with ``model: {type: XMask3D}`` train the
+full XMask3D on scene views (training/xmask3d.py)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ov3dseg_core.config import load_config, to_dict
-from ov3dseg_core.training.config import TrainConfig
+from ov3dseg_core.training.config import TrainConfig, model_type
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,10 @@ def main(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if model_type(args.config) == "XMask3D":  # the full XMask3D on per-view batches of scenes
+        from ov3dseg_core.training.xmask3d import train_main
+
+        return train_main(args)
     cfg = load_config(TrainConfig, args.config)
     data = dataclasses.replace(cfg.data, **{k: v for k, v in (("sim_scenes", args.sim_scenes),
                                                               ("val_scenes", args.val_scenes)) if v is not None})

@@ -68,3 +68,40 @@ def mask_pool(f3d: torch.Tensor, m3d: torch.Tensor) -> tuple[torch.Tensor, torch
     m = m3d.to(f3d.dtype)
     count = m.sum(dim=0)
     return (m.t() @ f3d) / count.clamp_min(1.0)[:, None], count
+
+
+def scaled_size(height: int, width: int, factor: float) -> tuple[int, int]:
+    """(H, W) of an image resized by ``factor`` (rounded as ``PinholeCamera.scaled``)."""
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def downsample_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """Area-averaged colour image: (H, W, 3) uint8 -> (h, w, 3) uint8 with (h, w) = scaled_size(H, W, factor)."""
+    if factor == 1.0:
+        return image
+    h, w = scaled_size(*image.shape[:2], factor)
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    out = torch.nn.functional.interpolate(t, size=(h, w), mode="area")
+    return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def downsample_nearest(image: np.ndarray, factor: float) -> np.ndarray:
+    """Nearest-pixel resize of a label or depth image (H, W) -> (h, w): each output pixel takes the input pixel
+    under its centre."""
+    if factor == 1.0:
+        return image
+    h, w = scaled_size(*image.shape[:2], factor)
+    rows = np.minimum(((np.arange(h) + 0.5) * image.shape[0] / h).astype(np.int64), image.shape[0] - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * image.shape[1] / w).astype(np.int64), image.shape[1] - 1)
+    return image[rows[:, None], cols[None, :]]
+
+
+def downsample_pixel_index(pixel_index: np.ndarray, width: int, height: int, factor: float) -> np.ndarray:
+    """Pixel indices v * W + u of a (height, width) image (-1 kept) -> indices into the image resized by
+    ``factor``: the output pixel whose area contains input pixel (u, v)."""
+    if factor == 1.0:
+        return pixel_index
+    h, w = scaled_size(height, width, factor)
+    u, v = pixel_index % width, pixel_index // width
+    small = (v * h // height) * w + u * w // width
+    return np.where(pixel_index >= 0, small, -1).astype(np.int64)

@@ -16,11 +16,13 @@ from ov3dseg_core.models.matching import HungarianMatcher, flatten_masks, point_
 class LossConfig:
     """Loss weights of Eq. 8 and the Mask2Former criterion.
 
-    seg: omega_seg on the 3D and fused CE; mask: omega_mask; view_3d / view_2d / view_fuse: omega_view^m;
-    binary: omega_bi; binary_base_weight: BCE weight of base points relative to novel ones (the official
-    ``data_ratio``); mask_loss_start: progress value (the trainer's epoch; the paper uses 50 of 150) from which
-    L_mask is switched on; min_mask_points: masks covering fewer points are left out of L_mask.
-    m2f_*: Mask2Former weights (class CE, sigmoid CE, dice, focal), eos_coef: CE weight of the no-object class,
+    seg: omega_seg on all of L_seg (Eq. 8): the 3D and fused CE and the 2D branch's Mask2Former losses;
+    mask: omega_mask; view_3d / view_2d / view_fuse: omega_view^m; binary: omega_bi; binary_base_weight: BCE
+    weight of base points relative to not-base ones (the official ``data_ratio``); mask_loss_start: epoch from which
+    L_mask is switched on (the paper: 50 of 150); min_mask_points: masks covering fewer points are left out of
+    L_mask.
+    m2f_*: weights inside L2d_seg (class CE, sigmoid CE, dice, focal; the paper names CE, dice and focal without
+    values: Mask2Former's 2 / 5 / 5 and MaskFormer's focal weight 20), eos_coef: CE weight of the no-object class,
     num_points: points sampled per mask (0 = dense), oversample_ratio / importance_ratio: importance sampling.
     """
 
@@ -36,7 +38,7 @@ class LossConfig:
     m2f_class: float = 2.0
     m2f_mask: float = 5.0
     m2f_dice: float = 5.0
-    m2f_focal: float = 0.0
+    m2f_focal: float = 20.0
     eos_coef: float = 0.1
     num_points: int = 12544
     oversample_ratio: float = 3.0
@@ -167,14 +169,16 @@ class MaskSetCriterion(nn.Module):
 
 
 def total_loss(terms: dict[str, torch.Tensor], cfg: LossConfig, mask_active: bool) -> tuple[torch.Tensor, dict]:
-    """Eq. 8: L = w_seg (L3d_seg + Lfuse_seg) + L2d_seg + w_mask L_mask + sum_m w_view^m L_view^m + w_bi L_bi.
+    """Eq. 8 as written: L = w_seg L_seg + w_mask L_mask + L_view + w_bi L_bi with
+    L_seg = L3d_seg + L2d_seg + Lfuse_seg (L2d_seg: the Mask2Former terms m2f_*) and
+    L_view = sum_m w_view^m L_view^m.
 
     terms: unweighted seg_3d, seg_fuse, view_3d, view_2d, view_fuse, mask, binary (any may be missing) and the
-    already weighted m2f_* (L2d_seg). Returns (total, the weighted terms).
+    m2f_* terms with their Mask2Former-internal weights already applied. Returns (total, the weighted terms).
     """
     weights = {"seg_3d": cfg.seg, "seg_fuse": cfg.seg, "mask": cfg.mask if mask_active else 0.0,
                "view_3d": cfg.view_3d, "view_2d": cfg.view_2d, "view_fuse": cfg.view_fuse, "binary": cfg.binary,
-               "m2f_class": 1.0, "m2f_mask": 1.0, "m2f_dice": 1.0, "m2f_focal": 1.0}
+               "m2f_class": cfg.seg, "m2f_mask": cfg.seg, "m2f_dice": cfg.seg, "m2f_focal": cfg.seg}
     unknown = set(terms) - set(weights)
     if unknown:
         raise KeyError(f"unknown loss terms {sorted(unknown)}")

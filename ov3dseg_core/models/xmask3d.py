@@ -10,13 +10,14 @@
     regularisers   L_mask against MaskCLIP embeddings G_CLIP (Eq. 6, 9-11), L_view against caption embeddings
                    (Eq. 12); total loss Eq. 8
 
-Entry points: ``XMask3D.forward(ViewBatch)`` (training outputs), ``XMask3D.loss(batch, outputs, progress)`` and
+Entry points: ``XMask3D.forward(ViewBatch)`` (training outputs), ``XMask3D.loss(batch, outputs, progress)``,
+``XMask3D.training_losses(batch, step)`` (the trainer's interface, see ov3dseg_core/training/xmask3d.py) and
 ``XMask3D.predict(frame or scene, vocabulary, mode)``. Built with ``REGISTRY.build("model", {"type": "XMask3D",
 ...})`` or ``build_xmask3d(config)`` from a YAML config (see ov3dseg_core/configs/xmask3d_*.yaml).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -36,8 +37,8 @@ from ov3dseg_core.models.captioner import CaptionerConfig, ImplicitCaptioner
 from ov3dseg_core.models.diffusion_features import DiffusionConfig, DiffusionFeatureExtractor, MultiScaleProjection
 from ov3dseg_core.models.fusion import FusionBlock
 from ov3dseg_core.models.heads import BinaryHead, TextClassifier, calibrate, geometric_ensemble
-from ov3dseg_core.models.lifting import (exclusive_masks, gather_pixels, mask_pool, point_pixel_index,
-                                         pseudo_mask_features)
+from ov3dseg_core.models.lifting import (downsample_image, downsample_pixel_index, exclusive_masks, gather_pixels,
+                                         mask_pool, point_pixel_index, pseudo_mask_features)
 from ov3dseg_core.models.losses import (LossConfig, MaskSetCriterion, binary_loss, mask_alignment_loss,
                                         segmentation_ce, total_loss, view_alignment_loss)
 from ov3dseg_core.models.mask_decoder import MaskDecoder, MaskDecoderConfig, MaskPrediction
@@ -46,6 +47,9 @@ from ov3dseg_core.models.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from ov3dseg_core.registry import REGISTRY
 
 MODES = ("3d", "2d", "fused", "ensemble")
+TEXT_INIT_SEED = 0
+"""Seed of a text encoder built without pretrained weights (the tiny config): every build, and so every checkpoint
+of such a model, shares one text space (the text tower is not in the model's state dict)."""
 
 
 @dataclass
@@ -218,7 +222,9 @@ class XMask3D(nn.Module):
         self.base_classes, self.novel_classes = base, novel
         d = cfg.feature_dim
 
-        self.text_encoder = text.build_text_encoder(dict(cfg.text_encoder))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TEXT_INIT_SEED)
+            self.text_encoder = text.build_text_encoder(dict(cfg.text_encoder))
         if self.text_encoder.dim != d:
             raise ValueError(f"text encoder dim {self.text_encoder.dim} != feature_dim {d}")
         self.backbone = REGISTRY.build("backbone", dict(cfg.backbone), in_channels=cfg.in_channels)
@@ -249,6 +255,7 @@ class XMask3D(nn.Module):
         self.classifier = TextClassifier()
         self.null_embed = nn.Parameter(self.text_encoder.encode([""]).float().reshape(1, d).clone())
         self.criterion = MaskSetCriterion(cfg.loss)
+        self.steps_per_epoch = 1  # set by the training set-up: training_losses counts epochs as step / this
 
     # ----------------------------------------------------------------------------------------------- text
     def embed_classes(self, names: Sequence[str]) -> torch.Tensor:
@@ -288,12 +295,10 @@ class XMask3D(nn.Module):
     def forward(self, batch: ViewBatch, class_text: torch.Tensor | None = None) -> XMask3DOutput:
         """Both branches, the lifting and the fusion for a batch. class_text (L, D): the classes that score the
         masks for the exclusive assignment of points (default: the base classes)."""
-        voxels = {"grid_coord": batch.grid_coord, "feat": batch.feat, "offset": batch.offset}
-        vox_feat, f_global = self.backbone(voxels, return_global=True)
-        f3d = self.proj_3d(vox_feat)[batch.point_voxel]
+        f3d, f_global = self.encode_3d(batch)
         novel_logits = None
         if self.binary_head is not None:
-            novel_logits = self.binary_head(voxels)[batch.point_voxel]
+            novel_logits = self.binary_head(self._voxels(batch))[batch.point_voxel]
 
         image = batch.image
         h, w = image.shape[-2:]
@@ -328,6 +333,23 @@ class XMask3D(nn.Module):
         return XMask3DOutput(f3d, f2d, has_2d, f_fuse, m3d, mask_scores, predictions, novel_logits, (h, w))
 
     @staticmethod
+    def _voxels(batch: ViewBatch) -> dict[str, torch.Tensor]:
+        return {"grid_coord": batch.grid_coord, "feat": batch.feat, "offset": batch.offset}
+
+    def encode_3d(self, batch: ViewBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 3D branch: per-point F3d (P, D) and the per-view global feature f3d (B, C_g) of the bottleneck."""
+        vox_feat, f_global = self.backbone(self._voxels(batch), return_global=True)
+        return self.proj_3d(vox_feat)[batch.point_voxel], f_global
+
+    @torch.no_grad()
+    def point_features_3d(self, points: np.ndarray, colors: np.ndarray) -> torch.Tensor:
+        """F3d (P, D) of one point cloud (points (P, 3) metres, colours (P, 3) uint8) from the 3D branch alone
+        (what Eq. 7 gives points without a 2D correspondence)."""
+        batch = make_view_batch([np.zeros((1, 1, 3), np.uint8)], [points], [colors], [np.full(len(points), -1)],
+                                self.cfg.voxel_size)  # the image is unused
+        return self.encode_3d(batch.to(self.null_embed.device))[0]
+
+    @staticmethod
     def full_resolution(mask_logits: torch.Tensor, padded_size, image_size) -> torch.Tensor:
         """Mask logits (B, Q, h, w) of the padded image -> (B, Q, H, W) on the unpadded image (bilinear)."""
         up = F.interpolate(mask_logits, size=tuple(padded_size), mode="bilinear", align_corners=False)
@@ -344,6 +366,18 @@ class XMask3D(nn.Module):
             masks[:, : lab.shape[0], : lab.shape[1]] = lab[None] == classes[:, None, None]
             out.append((classes, masks))
         return out
+
+    def training_losses(self, batch: Mapping[str, Any], step: int) -> dict[str, torch.Tensor]:
+        """The trainer's interface: Eq. 8 for a collated batch (``training.xmask3d.collate_views``: the ViewBatch
+        fields as tensors, ``caption`` left out, plus ``captions``, the view captions as text, embedded here by the
+        frozen text encoder) at optimizer step ``step``, i.e. epoch step / steps_per_epoch. Returns
+        {"loss": total, term: weighted value}."""
+        views = {f.name: batch[f.name] for f in fields(ViewBatch) if batch.get(f.name) is not None}
+        if batch.get("captions"):
+            views["caption"] = self.embed_captions(batch["captions"])
+        views = ViewBatch(**views)
+        total, terms = self.loss(views, self(views), progress=step / self.steps_per_epoch)
+        return {"loss": total, **terms}
 
     def loss(self, batch: ViewBatch, out: XMask3DOutput, progress: float = 0.0) -> tuple[torch.Tensor, dict]:
         """Eq. 8 for a batch and its forward outputs. progress: the trainer's epoch (L_mask is on from
@@ -441,11 +475,13 @@ class XMask3D(nn.Module):
 
     @torch.no_grad()
     def predict(self, data: RGBDFrame | Scene, vocabulary: Sequence[str], mode: str | None = None,
-                frame_stride: int = 1, pixel_stride: int = 4) -> Prediction:
+                frame_stride: int = 1, pixel_stride: int = 4, image_scale: float = 1.0) -> Prediction:
         """Open-vocabulary labels for a frame (its back-projected depth pixels, every pixel_stride-th row/column)
         or a scene (its labelled point cloud, voting over every frame_stride-th frame; points seen by no frame take
         the nearest seen point's result). vocabulary: class names; classes also in the training base classes count
-        as base for Eq. 13 and 16. mode: "3d", "2d", "fused" or "ensemble" (default: inference.mode)."""
+        as base for Eq. 13 and 16. mode: "3d", "2d", "fused" or "ensemble" (default: inference.mode).
+        image_scale: the 2D branch sees the colour images resized by this factor (the training image size);
+        visibility is tested at full resolution."""
         mode = mode or self.cfg.inference.mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -458,34 +494,37 @@ class XMask3D(nn.Module):
             vocab_text = self.embed_classes(vocabulary)
             is_base = torch.tensor([v in set(self.base_classes) for v in vocabulary], device=vocab_text.device)
             if isinstance(data, RGBDFrame):
-                return self._predict_frame(data, vocab_text, is_base, mode, pixel_stride)
+                return self._predict_frame(data, vocab_text, is_base, mode, pixel_stride, image_scale)
             if isinstance(data, Scene):
-                return self._predict_scene(data, vocab_text, is_base, mode, frame_stride)
+                return self._predict_scene(data, vocab_text, is_base, mode, frame_stride, image_scale)
             raise TypeError(f"predict takes an RGBDFrame or a Scene, got {type(data).__name__}")
         finally:
             self.train(was_training)
 
-    def _run_view(self, image, points, colors, pixel_index, vocab_text, is_base, mode):
+    def _run_view(self, image, points, colors, pixel_index, vocab_text, is_base, mode, image_scale):
+        h, w = image.shape[:2]
+        pixel_index = downsample_pixel_index(pixel_index, w, h, image_scale)
+        image = downsample_image(image, image_scale)
         batch = make_view_batch([image], [points], [colors], [pixel_index], self.cfg.voxel_size)
         batch = batch.to(self.null_embed.device)
         out = self(batch, vocab_text)
         probs, feats = self.class_probabilities(batch, out, vocab_text, is_base, mode)
         return probs, F.normalize(feats, dim=-1)
 
-    def _predict_frame(self, frame: RGBDFrame, vocab_text, is_base, mode, pixel_stride) -> Prediction:
+    def _predict_frame(self, frame: RGBDFrame, vocab_text, is_base, mode, pixel_stride, image_scale) -> Prediction:
         if frame.color is None:
             raise ValueError("XMask3D needs the colour image of the frame")
         points, pixel = backproject_depth(frame.camera, frame.depth, stride=pixel_stride)
         if len(points) == 0:
             raise ValueError("the frame has no valid depth pixels")
         colors = frame.color.reshape(-1, 3)[pixel]
-        probs, feats = self._run_view(frame.color, points, colors, pixel, vocab_text, is_base, mode)
+        probs, feats = self._run_view(frame.color, points, colors, pixel, vocab_text, is_base, mode, image_scale)
         if frame.pose is not None:
             points = transform_points(frame.pose, points).astype(np.float32)
         scores, labels = probs.max(-1)
         return Prediction(labels.cpu().numpy(), scores.float().cpu().numpy(), feats.float().cpu().numpy(), points)
 
-    def _predict_scene(self, scene: Scene, vocab_text, is_base, mode, frame_stride) -> Prediction:
+    def _predict_scene(self, scene: Scene, vocab_text, is_base, mode, frame_stride, image_scale) -> Prediction:
         if scene.points is None or scene.colors is None:
             raise ValueError(f"scene {scene.name!r} has no coloured point cloud to label")
         inf = self.cfg.inference
@@ -502,7 +541,7 @@ class XMask3D(nn.Module):
             if len(seen) == 0:
                 continue
             probs, feats = self._run_view(frame.color, scene.points[seen], scene.colors[seen], pixel[seen],
-                                          vocab_text, is_base, mode)
+                                          vocab_text, is_base, mode, image_scale)
             idx = torch.as_tensor(seen, device=dev)
             prob_sum.index_add_(0, idx, probs.float())
             feat_sum.index_add_(0, idx, feats.float())

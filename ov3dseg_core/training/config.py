@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ov3dseg_core.config import load_yaml
 from ov3dseg_core.models.open_vocab3d import OpenVocab3DConfig
 from ov3dseg_core.training.trainer import TrainerConfig
 from ov3dseg_core.training.map_windows import MapWindowConfig
@@ -42,3 +44,10 @@ class TrainConfig:
     class_weight_power: float = 0.5   # L_seg class weights: base-class voxel frequency ** -power (0 = unweighted)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     out_dir: str = "out/train"
+
+
+def model_type(name_or_path: str | Path) -> str | None:
+    """The ``model.type`` of a training config file (None for the default OpenVocab3D configs, which have none);
+    "XMask3D" configs are ``training.xmask3d.XMask3DTrainConfig`` files."""
+    model = load_yaml(name_or_path).get("model")
+    return model.get("type") if isinstance(model, dict) else None

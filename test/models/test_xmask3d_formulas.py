@@ -204,7 +204,9 @@ def test_total_loss_eq8_weights_and_mask_warmup():
     terms = {k: one for k in ("seg_3d", "seg_fuse", "mask", "view_3d", "view_2d", "view_fuse", "binary")}
     terms["m2f_dice"] = torch.tensor(2.0)
     total, weighted = total_loss(terms, cfg, mask_active=True)
-    assert float(total) == pytest.approx(4 + 4 + 0.5 + 1 + 4 + 1.5 + 16 + 2)
+    # omega_seg weighs all of L_seg = L3d_seg + L2d_seg (the Mask2Former terms) + Lfuse_seg
+    assert float(total) == pytest.approx(4 + 4 + 0.5 + 1 + 4 + 1.5 + 16 + 4 * 2)
+    assert float(weighted["m2f_dice"]) == pytest.approx(8.0)
     total_off, weighted_off = total_loss(terms, cfg, mask_active=False)
     assert float(total - total_off) == pytest.approx(0.5) and float(weighted_off["mask"]) == 0.0
     with pytest.raises(KeyError, match="unknown"):
