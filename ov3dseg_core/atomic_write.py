@@ -14,8 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-_TEMP = re.compile(r"^\..+?\.(?:(?P<pid>\d+)\.)?[0-9a-f]{32}\.tmp$")
-"""Temporary files of atomic_path (``pid`` absent in files written before it was recorded)."""
+_TEMP = re.compile(r"^\.(?P<target>.+?)\.(?:(?P<pid>\d+)\.)?[0-9a-f]{32}\.tmp$")
+"""Temporary files of atomic_path: ``.<target name>.<pid>.<32 hex>.tmp`` (no pid in files written before it was
+recorded)."""
 LEGACY_TEMP_AGE_S = 600.0
 """A temporary file without a writer pid counts as stale once it is this old, seconds."""
 
@@ -42,13 +43,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.close(dir_fd)
 
 
-def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[Path]:
+def remove_stale_temps(directory: str | Path, name: str | None = None, suffix: str = "") -> list[Path]:
     """Delete the temporary files of interrupted atomic writes in ``directory`` (only those for target ``name``
-    when given) whose writing process is gone; returns the deleted paths. Missing directories hold none."""
+    when given, and for targets ending in ``suffix``) whose writing process is gone; returns the deleted paths.
+    Missing directories hold none."""
     directory = Path(directory)
     prefix = "." if name is None else f".{name}."
     try:
-        candidates = [p for p in directory.iterdir() if p.name.startswith(prefix) and _TEMP.match(p.name)]
+        candidates = [p for p in directory.iterdir() if p.name.startswith(prefix) and (m := _TEMP.match(p.name))
+                      and (name is None or m["target"] == name) and m["target"].endswith(suffix)]
     except OSError:
         return []
     removed = []

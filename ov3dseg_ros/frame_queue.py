@@ -88,8 +88,10 @@ class FrameQueue:
         """Remove and return the queued frames for which ``condition(frame)`` holds (cheap; must not use this
         queue)."""
         with self._changed:
-            removed = [frame for frame in self._items if condition(frame)]
-            self._items = deque(frame for frame in self._items if frame not in removed)
+            kept, removed = deque(), []
+            for frame in self._items:
+                (removed if condition(frame) else kept).append(frame)
+            self._items = kept
             self._version += 1
             self._changed.notify_all()
         return removed

@@ -727,7 +727,7 @@ class MappingNode(Node):
         return target
 
     def _remove_stale_temps(self, directory: Path) -> None:
-        removed = remove_stale_temps(directory)
+        removed = remove_stale_temps(directory, suffix=MAP_SUFFIX)
         if removed:
             self.get_logger().warning(f"removed {len(removed)} temporary files left by interrupted saves in "
                                       f"{directory}: {', '.join(p.name for p in removed[:5])}")

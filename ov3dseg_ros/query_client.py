@@ -1,6 +1,7 @@
 """Client of the mapping node's /query service (what ``ros2 service call /query ...`` does on a ROS install)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ from rclpy.node import Node
 from ov3dseg_core.data.ply import write_ply_vertices
 from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_array
 from ov3dseg_ros.srv import Query
+
+RETRY_PERIOD_S = 0.5
+"""Pause before asking again after an answer that says 'try again' (busy, text encoder still loading)."""
 
 
 class QueryClient:
@@ -28,9 +32,19 @@ class QueryClient:
     def wait_for_service(self, timeout_s: float) -> bool:
         return self.client.wait_for_service(timeout_sec=timeout_s)
 
-    def call(self, text: str, top_k: int = 0, threshold: float = 0.0, timeout_s: float = 60.0) -> Query.Response:
+    def call(self, text: str, top_k: int = 0, threshold: float = 0.0, timeout_s: float = 60.0,
+             retry_s: float = 0.0) -> Query.Response:
         """Send one query (threshold 0 = the node's calibrated default); TimeoutError when no answer arrives within
-        ``timeout_s``."""
+        ``timeout_s``. An answer that says "try again" (the node is busy or still loading its text encoder) is
+        asked again every RETRY_PERIOD_S for up to ``retry_s`` seconds."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            response = self._call_once(text, top_k, threshold, timeout_s)
+            if response.success or not response.message.endswith("try again") or time.monotonic() >= deadline:
+                return response
+            time.sleep(RETRY_PERIOD_S)
+
+    def _call_once(self, text: str, top_k: int, threshold: float, timeout_s: float) -> Query.Response:
         future = self.client.call_async(Query.Request(text=text, top_k=top_k, threshold=threshold))
         self.executor.spin_until_future_complete(future, timeout_sec=timeout_s)
         if not future.done():

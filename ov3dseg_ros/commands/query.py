@@ -26,7 +26,8 @@ def main(args: argparse.Namespace) -> int:
                 print(f"ov3dseg query: no /query service within {args.timeout:g} s (is `ov3dseg run` or "
                       "`ros2 launch ov3dseg_ros mapping.launch.py` running on this ROS_DOMAIN_ID?)", file=sys.stderr)
                 return 1
-            response = client.call(args.text, args.top_k, args.threshold, timeout_s=args.timeout)
+            response = client.call(args.text, args.top_k, args.threshold, timeout_s=args.timeout,
+                                   retry_s=args.timeout)
     except TimeoutError as exc:
         print(f"ov3dseg query: {exc}", file=sys.stderr)
         return 1

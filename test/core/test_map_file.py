@@ -255,4 +255,33 @@ def test_stale_temp_files_of_dead_writers_are_removed_by_the_next_save(tmp_path)
     sample_map().save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [alive.name, new_legacy.name, other.name, "map.safetensors"])  # only this target's stale files go
-    assert atomic_write.remove_stale_temps(tmp_path) == [other]
+    assert atomic_write.remove_stale_temps(tmp_path, suffix=".ply") == []
+    assert atomic_write.remove_stale_temps(tmp_path, suffix=".safetensors") == [other]
+
+
+def test_kill_9_mid_save_keeps_the_map_and_the_next_save_removes_the_temp_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    path = tmp_path / "map.safetensors"
+    old = sample_map(seed=0)
+    old.save(path)
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from ov3dseg_core.atomic_write import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp, open(tmp, 'wb') as f:\n"
+        "    while True:\n"
+        "        f.write(b'x' * 65536); f.flush(); time.sleep(0.01)\n"), str(path)])
+    try:
+        deadline = time.monotonic() + 30.0
+        while not any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in tmp_path.iterdir()):
+            assert time.monotonic() < deadline and writer.poll() is None, "the writer never started its temp file"
+            time.sleep(0.02)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert len([p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]) == 1
+    assert_same_map(old, VoxelMap.load(path))  # the previous map survives the kill
+    sample_map(seed=1).save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.safetensors"]  # the stale temp file is gone

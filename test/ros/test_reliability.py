@@ -21,6 +21,7 @@ from ov3dseg_core.mapping.map_file import load_map
 from ov3dseg_core.mapping.voxel_map import VoxelMap, VoxelMapConfig
 from ov3dseg_ros.conversions import image_msg, pointcloud2_msg
 from ov3dseg_ros.executors import CallbackGroupExecutor
+from ov3dseg_ros.query_client import QueryClient
 from ov3dseg_ros.srv import EncodeText, LoadMap, Query, SaveMap, SetVocabulary
 from ros_rig import (LABEL_NAMES, OPTICAL_FRAME, SOFA, T_MAP_CAMERA, call_service, start_graph, wait_until,
                      wall_images)
@@ -341,6 +342,15 @@ def test_a_query_while_the_text_encoder_loads_is_answered_at_once(ros_context, m
         response = call_service(rig, Query, "/query", Query.Request(text="chair"))
         assert time.monotonic() - start < 10.0  # the old callback waited 60 s for the encoder
         assert not response.success and "still loading; try again" in response.message
+        with QueryClient(ros_context) as client:  # `ov3dseg query` asks again until a real answer
+            answers = []
+            asking = threading.Thread(target=lambda: answers.append(client.call("chair", retry_s=60.0)))
+            asking.start()
+            time.sleep(1.5)
+            assert not answers
+            gate.open()  # the stand-in encoder then fails to load: a final answer
+            asking.join(timeout=30.0)
+            assert "failed to load" in answers[0].message
     finally:
         gate.open()
         graph.shutdown()
