@@ -5,7 +5,11 @@ Per 640x480 frame, ours = ``frame_points`` (back-projection, transform, colour a
 Reference = Open3D ``t.geometry.VoxelBlockGrid`` (tsdf / weight / color, block 16, 5 cm) on the same depth and colour
 images: ``compute_unique_block_coordinates`` + ``integrate``. The two alternate frame by frame; each frame's ratio
 is ours / Open3D measured back to back, so machine load hits both alike. Scenes: the living-room sample (real depth,
-synthetic label image) and a synthetic 8 x 3 x 8 m box room (every pixel valid, depth 1.5-7.5 m).
+synthetic label image), a simulated living room (``ov3dseg_core.sim``, 24 frames with ground-truth labels) and a
+synthetic 8 x 3 x 8 m box room (every pixel valid, depth 1.5-7.5 m).
+
+Sustained replay: each scene's frames looped to SUSTAINED_FRAMES frames, back to back (ours, then Open3D, twice,
+alternating), frames per second of the whole loop.
 
     python benchmarks/bench_integration.py [--repeats 20]
 """
@@ -28,9 +32,11 @@ from ov3dseg_core.data import RGBDFrame  # noqa: E402
 from ov3dseg_core.data.frames import frame_points  # noqa: E402
 from ov3dseg_core.geometry.transforms import invert_transform  # noqa: E402
 from ov3dseg_core.mapping import VoxelMap, VoxelMapConfig  # noqa: E402
+from ov3dseg_core.sim.world import SimConfig, generate_scene  # noqa: E402
 
 VOXEL_SIZE = 0.05
 MAX_RANGE = 10.0
+SUSTAINED_FRAMES = 60
 
 
 class Open3DReference:
@@ -86,29 +92,58 @@ def paired(frames: list[RGBDFrame], repeats: int) -> tuple[np.ndarray, np.ndarra
     return a, b
 
 
+def sustained(frames: list[RGBDFrame], count: int) -> tuple[float, float]:
+    """(ours, Open3D) frames/s over ``count`` looped frames, best of two alternating runs each."""
+    mine, _ = ours(frames)
+    reference = Open3DReference(frames)
+    rates = {"ours": [], "open3d": []}
+    for r in range(2):
+        for name in (("ours", "open3d") if r == 0 else ("open3d", "ours")):
+            fn = mine if name == "ours" else reference.integrate
+            start = time.perf_counter()
+            for i in range(count):
+                fn(i % len(frames))
+            rates[name].append(count / (time.perf_counter() - start))
+    return max(rates["ours"]), max(rates["open3d"])
+
+
+def simulated_room() -> list[RGBDFrame]:
+    """24 frames of a simulated living room with ground-truth labels (remapped into NUM_LABELS bins)."""
+    scene = generate_scene(900_001, "living_room", config=SimConfig(frames=24, use_lidar=False)).to_scene()
+    frames = list(scene.frames)
+    for frame in frames:
+        frame.labels = np.where(frame.labels >= 0, frame.labels % NUM_LABELS, -1).astype(np.int32)
+    return frames
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
-    rows = []
-    scenes = [("synthetic box room", synthetic_room_frames())]
+    rows, rates = [], []
+    scenes = [("simulated living room", simulated_room()), ("synthetic box room", synthetic_room_frames())]
     living = living_room_frames()
     if living is not None:
-        scenes.insert(0, ("living room", living))
+        scenes.insert(0, ("living-room sample", living))
     for name, frames in scenes:
         points = int(np.mean([len(frame_points(f, max_range=MAX_RANGE)[0]) for f in frames]))
         a, b = paired(frames, args.repeats)
         ratio = a / b
         rows.append(f"| {name} | {points:,} | {np.median(a):.1f} | {np.median(b):.1f} | {np.median(ratio):.2f} "
                     f"| {np.percentile(ratio, 25):.2f}-{np.percentile(ratio, 75):.2f} |")
+        mine, theirs = sustained(frames, SUSTAINED_FRAMES)
+        rates.append(f"| {name} | {SUSTAINED_FRAMES} | {mine:.1f} | {theirs:.1f} | {mine / theirs:.2f} |")
     print(f"\nIntegration vs Open3D VoxelBlockGrid: 640x480, {VOXEL_SIZE * 100:.0f} cm, 1 thread, {args.repeats} "
           f"repeats per frame; {os.cpu_count()} CPUs, 1-min load {load_before:.1f} before / "
           f"{os.getloadavg()[0]:.1f} after; Open3D {o3d.__version__}\n")
     print("| scene | points/frame | ours median ms | Open3D median ms | paired ratio (median) | IQR |")
     print("|---|---:|---:|---:|---:|---|")
     print("\n".join(rows))
+    print("\nSustained (geometry + colour + 20-label histograms, back-projection included), frames/s:\n")
+    print("| scene | frames | ours | Open3D | ours / Open3D |\n|---|---:|---:|---:|---:|")
+    print("\n".join(rates))
 
 
 if __name__ == "__main__":

@@ -500,7 +500,7 @@ class VoxelMap:
         self._index_slots = torch.zeros(0, dtype=torch.int64, device=self.device)  # slot of each key
         self._delta_keys = torch.zeros(0, dtype=torch.int64, device=self.device)  # sorted keys of recent voxels
         self._delta_slots = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self._free = torch.zeros(0, dtype=torch.int64, device=self.device)  # zeroed slots below _used
+        self._free = torch.zeros(0, dtype=torch.int64, device=self.device)  # freed slots below _used (stale data)
         self._used = 0  # slots ever handed out (high-water mark)
         self._tick = 0  # integration calls so far (the "stamp" of a voxel is the tick of its last update)
         self._last_origin: torch.Tensor | None = None
@@ -750,8 +750,11 @@ class VoxelMap:
         take = min(n, self._free.numel())
         parts = []
         if take:
-            parts.append(self._free[self._free.numel() - take:])
+            reused = self._free[self._free.numel() - take:]
             self._free = self._free[:self._free.numel() - take]
+            for t in self._slots.values():
+                t.index_fill_(0, reused, 0)
+            parts.append(reused)
         rest = n - take
         if rest:
             self._grow(self._used + rest)
@@ -787,7 +790,8 @@ class VoxelMap:
         self._slots = grown
 
     def _evict(self, mask: torch.Tensor) -> int:
-        """Drop the voxels at index positions where ``mask`` (M,) is True; their slots are zeroed and freed."""
+        """Drop the voxels at index positions where ``mask`` (M,) is True; their slots are freed (and zeroed when
+        handed out again, so the eviction pass itself stays O(index))."""
         n = int(mask.sum())
         if n == 0:
             return 0
@@ -795,16 +799,13 @@ class VoxelMap:
         freed = _rows(self._index_slots, mask)
         keep = ~mask
         self._index_keys, self._index_slots = _rows(self._index_keys, keep), _rows(self._index_slots, keep)
-        for t in self._slots.values():
-            t.index_fill_(0, freed, 0)
         self._free = torch.cat([self._free, freed])
         self.voxels_evicted += n
         return n
 
     def _evict_outside(self, origin: torch.Tensor, radius: float) -> int:
         keys, _ = self._ordered()
-        d2 = _squared_distance(_centers(unpack_keys(keys), self.voxel_size), origin)
-        return self._evict(d2 > radius ** 2)
+        return self._evict(_center_distance2(keys, origin, self.voxel_size) > radius ** 2)
 
     def _enforce_budget(self) -> int:
         """Evict down to eviction_target * max_voxels once max_voxels is exceeded; returns the count."""
@@ -814,7 +815,7 @@ class VoxelMap:
         excess = m - int(self.config.max_voxels * self.config.eviction_target)
         keys, slots = self._ordered()
         if self._last_origin is not None:  # farthest from the sensor first
-            priority = _squared_distance(_centers(unpack_keys(keys), self.voxel_size), self._last_origin)
+            priority = _center_distance2(keys, self._last_origin, self.voxel_size)
         else:  # least recently updated first
             priority = -self._slots["stamp"][slots].to(torch.float64)
         victims = torch.topk(priority, excess, largest=True, sorted=False).indices
@@ -963,6 +964,17 @@ def _searchsorted(sorted_keys: torch.Tensor, values: torch.Tensor) -> torch.Tens
 def _centers(keys: torch.Tensor, voxel_size: float) -> torch.Tensor:
     """(N, 3) int voxel indices -> (N, 3) float32 centres, metres."""
     return (keys.to(torch.float32) + 0.5) * voxel_size
+
+
+def _center_distance2(packed: torch.Tensor, origin: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """(M,) float32 squared distances (m^2) from the centres of the voxels of (M,) packed keys to ``origin`` (3,),
+    one axis at a time (1-D ops: no (M, 3) temporaries)."""
+    d2 = torch.zeros(packed.numel(), device=packed.device)
+    for axis, shift in enumerate((2 * KEY_BITS, KEY_BITS, 0)):
+        index = (packed >> shift).bitwise_and_(_KEY_MASK).sub_(_KEY_BIAS).to(torch.float32)
+        offset = index.add_(0.5).mul_(voxel_size).sub_(origin[axis])
+        d2.addcmul_(offset, offset)
+    return d2
 
 
 def _squared_distance(points: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
