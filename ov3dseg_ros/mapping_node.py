@@ -91,6 +91,11 @@ class MappingNode(Node):
             super().destroy_node()
             raise
         cfg = self.config
+        self.map_directory = Path(cfg.map_directory or os.getcwd()).expanduser().resolve()
+        """The only directory ~/save_map and ~/load_map use (parameter map_directory)."""
+        if not self.map_directory.is_dir():
+            super().destroy_node()
+            raise ParameterError(f"{NODE_NAME}: parameter 'map_directory': {self.map_directory} is not a directory")
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.semantic: SemanticStage | None = None
         self.query_calibration: QueryCalibration = (
@@ -109,8 +114,6 @@ class MappingNode(Node):
                                      f"{cfg.model!r} ({segmenter.feature_dim}-d features); leave it 0")
             self.semantic = SemanticStage(segmenter, cfg.model_rate_hz, cfg.model_window_radius,
                                           on_error=self._on_model_error, threads=cfg.threads)
-        self.map_directory = Path(cfg.map_directory or os.getcwd()).resolve()
-        """The only directory ~/save_map and ~/load_map use (parameter map_directory)."""
         self.voxel_map = self._initial_map(cfg)
         self.timings = StageTimings()
         self.counters: Counter[str] = Counter()

@@ -318,6 +318,17 @@ def test_save_map_writes_only_map_files_inside_map_directory(ros_context, tmp_pa
         graph.shutdown()
 
 
+def test_new_parameters_are_validated(ros_context, tmp_path):
+    from ov3dseg_ros.graph import NodeGraph
+    from ov3dseg_ros.params import ParameterError
+    for name, value, fragment in (("query_threads", 0, "query_threads"), ("query_max_hits", 5000, "query_max_hits"),
+                                  ("qos_tf_reliability", "sometimes", "qos_tf_reliability"),
+                                  ("threads", 0, "threads"),
+                                  ("map_directory", str(tmp_path / "missing"), "is not a directory")):
+        with pytest.raises(ParameterError, match=fragment):
+            NodeGraph(params={"text_encoder": "", "lidar_topics": [], name: value}, context=ros_context)
+
+
 # -- 8. small items --------------------------------------------------------------------------------------------------
 def test_diagnostics_say_ok_while_the_queue_has_room_and_bad_nanosec_is_rejected(graph_rig):
     graph, rig = graph_rig
