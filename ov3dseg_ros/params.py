@@ -123,7 +123,8 @@ class MapperConfig:
                        "given (relative paths lie in map_directory)", read_only=False)
     map_directory: str = _p("", "the only directory ~/save_map and ~/load_map read and write (relative paths are "
                             "resolved in it, '..' and links may not leave it, it is never created, and only map "
-                            "files are overwritten); an existing directory; empty = the node's working directory at start-up")
+                            "files are overwritten); an existing directory; empty = the node's working directory "
+                            "at start-up")
     initial_map: str = _p("", "map file loaded at start-up (empty: start with an empty map)")
     text_encoder: str = _p("minilm", "text encoder for queries against label names (loaded in the background at "
                            "start-up); empty: queries need a map with features")
