@@ -312,7 +312,7 @@ class VoxelMap:
         with self.lock:
             packed, _ = self._ordered()
             packed = packed if indices is None else packed[self._positions_of(indices)]
-            return _numpy(unpack_keys(packed))
+            return _host(unpack_keys(packed))
 
     def centers(self, indices=None) -> np.ndarray:
         """(M, 3) float32 voxel centres, metres, map frame."""
@@ -367,7 +367,7 @@ class VoxelMap:
                 dots = dots.index_select(0, slots)
             fnorm = self._slots["feature_norm"].index_select(0, slots)[:, None]
         cosine = _cosine_(dots, fnorm)
-        return _numpy(cosine[:, 0] if single else cosine)
+        return _host(cosine[:, 0] if single else cosine)
 
     def query_similarity(self, query, negatives, indices=None) -> tuple[np.ndarray, np.ndarray]:
         """Per voxel, from the int8 store: (cosine with ``query`` (D,), largest cosine with the (K, D) ``negatives``),
@@ -389,7 +389,7 @@ class VoxelMap:
                 best = best.index_select(0, slots)
             fnorm = self._slots["feature_norm"].index_select(0, slots)[:, None]
         best = _cosine_(best, fnorm)
-        return _numpy(best[:, 0]), _numpy(best[:, 1])
+        return _host(best[:, 0]), _host(best[:, 1])
 
     def _unit_embeddings(self, embedding) -> torch.Tensor:
         """(K, D) float32 unit rows on the map's device from a (D,) or (K, D) embedding; ValueError when impossible."""
@@ -510,7 +510,7 @@ class VoxelMap:
         with self.lock:
             _, slots = self._ordered()
             slots = slots if indices is None else slots[self._positions_of(indices)]
-            return _numpy(self._slots[name].index_select(0, slots))
+            return _host(self._slots[name].index_select(0, slots))
 
     def _slot_rows(self, name: str, slots: torch.Tensor | None) -> torch.Tensor:
         """Rows of a slot array: of ``slots``, or all used slots (a view) when None."""
@@ -979,7 +979,3 @@ def _center_distance2(packed: torch.Tensor, origin: torch.Tensor, voxel_size: fl
 
 def _squared_distance(points: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
     return ((points - origin) ** 2).sum(dim=1)
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.cpu().numpy()
