@@ -132,11 +132,11 @@ def test_30_hz_with_the_pose_on_tf_integrates_frames_and_counts_every_loss(graph
     rig.publish_tf(20 * S, pose_at(3.0))
     wait_until(lambda: mapper.counters["integrated"] + mapper.counters["dropped"] + len(mapper.queue)
                + sum(m.lost for m in mapper._inputs.values()) >= frames - 5, timeout_s=30.0, what="frames settled")
-    wait_until(lambda: len(mapper.queue) == 0 and not mapper.busy, timeout_s=30.0, what="an empty queue")
     counters = mapper.counters
+    wait_until(lambda: counters["received"] == counters["integrated"] + counters["dropped"], timeout_s=30.0,
+               what="every received frame integrated or dropped")
     assert counters["integrated"] >= frames // 2, dict(counters)
     assert counters["dropped"] == sum(counters[f"dropped_{r}"] for r in mapping_node.DROP_REASONS)
-    assert counters["received"] == counters["integrated"] + counters["dropped"]
     unmatched = sum(s.discarded for s in mapper._syncs.values())
     lost = sum(m.lost for m in mapper._inputs.values())
     assert counters["received"] + lost + unmatched >= frames  # every frame is somewhere in the counters
