@@ -1,7 +1,8 @@
 """RGB-D integration against Open3D's VoxelBlockGrid on the same frames, one thread, paired ratios.
 
-Per 640x480 frame, ours = ``frame_points`` (back-projection, transform, colour and label gather) + ``VoxelMap.integrate``
-(5 cm voxels, colour + 20-label histograms), into a map that already holds the scene (steady state).
+Per 640x480 frame, ours = ``frame_points`` (back-projection, transform, colour and label gather) +
+``VoxelMap.integrate`` (5 cm voxels, colour + 20-label histograms), into a map that already holds the scene (steady
+state).
 Reference = Open3D ``t.geometry.VoxelBlockGrid`` (tsdf / weight / color, block 16, 5 cm) on the same depth and colour
 images: ``compute_unique_block_coordinates`` + ``integrate``. The two alternate frame by frame; each frame's ratio
 is ours / Open3D measured back to back, so machine load hits both alike. Scenes: the living-room sample (real depth,

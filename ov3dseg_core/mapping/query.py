@@ -214,8 +214,9 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
     ``label`` (the query text). threshold 0 = the calibrated default; top_k limits the returned voxels (0 = all).
 
     Cosines come from the map's int8 feature copy (``feature_similarity(compact=True)`` and ``query_similarity``,
-    about 1e-2 off the float16 values, half the bytes to read): with a floor above -1 the query first, then the negatives for the voxels at
-    or above the floor only (the others cannot match); with floor -1 all in one pass over the features."""
+    about 1e-2 off the float16 values, half the bytes to read): with a floor above -1 the query first, then the
+    negatives for the voxels at or above the floor only (the others cannot match); with floor -1 all in one pass
+    over the features."""
     _check_limits(top_k, threshold)
     dim = voxel_map.config.feature_dim
     if dim == 0:
