@@ -152,8 +152,9 @@ class MapperConfig:
                             "another)", lo=1, hi=16)
     query_queue_depth: int = _p(100, "/query requests that can wait in the service's queue (beyond it DDS drops "
                                 "the oldest, whose callers never get an answer)", lo=1, hi=10_000)
-    query_busy_s: float = _p(5.0, "a /query that finds all query_threads busy for this long is answered "
-                             "success false, 'busy: try again', seconds", lo=0.0, hi=600.0, read_only=False)
+    query_busy_s: float = _p(1.0, "a /query that finds all query_threads busy for this long is answered "
+                             "success false, 'busy: try again', seconds (so that a flood of slow queries is "
+                             "answered, not queued for ever)", lo=0.0, hi=600.0, read_only=False)
     threads: int = _p(1, "torch threads of the mapping worker and the model (intra-op; on small CPUs one thread "
                       "leaves cores to the ROS callbacks)", lo=1, hi=256)
     query_min_voxels: int = _p(DEFAULT_MIN_VOXELS, "smallest object a /query reports, in voxels (smaller groups of "
