@@ -108,9 +108,18 @@ def felzenszwalb_segments(normals: np.ndarray, edges: np.ndarray, k: float = 0.0
 
 
 def voxel_superpoints(keys: np.ndarray, positions: np.ndarray, k: float = 0.05, min_size: int = 20,
-                      normal_neighbours: int = 16) -> np.ndarray:
-    """Superpoint ids (V,) int64 of a voxel map: voxel indices (V, 3), mean positions (V, 3) metres."""
+                      max_size: int = 0, normal_neighbours: int = 16) -> np.ndarray:
+    """Superpoint ids (V,) int64 of a voxel map: voxel indices (V, 3), mean positions (V, 3) metres.
+
+    max_size > 0: segments of more voxels are cut along a grid of ceil(sqrt(max_size)) voxels (noise-free planes
+    of simulated rooms would otherwise merge everything coplanar with them, e.g. a picture on its wall)."""
     if len(keys) == 0:
         return np.zeros(0, np.int64)
     normals = estimate_normals(positions, normal_neighbours)
-    return felzenszwalb_segments(normals, voxel_graph(keys), k=k, min_size=min_size)
+    segment = felzenszwalb_segments(normals, voxel_graph(keys), k=k, min_size=min_size)
+    if max_size <= 0:
+        return segment
+    cell = np.floor_divide(np.asarray(keys, dtype=np.int64), int(np.ceil(np.sqrt(max_size))))
+    large = np.bincount(segment)[segment] > max_size
+    cell_key = np.where(large, pack_keys(cell - cell.min(axis=0)), -1)
+    return np.unique(np.stack([segment, cell_key], axis=1), axis=0, return_inverse=True)[1].reshape(-1)

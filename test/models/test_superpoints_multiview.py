@@ -39,6 +39,9 @@ def test_two_planes_give_two_superpoints():
     floor_ids, wall_ids = np.unique(sp[~on_wall & interior]), np.unique(sp[on_wall & interior])
     assert len(floor_ids) == 1 and len(wall_ids) == 1 and floor_ids[0] != wall_ids[0]
     assert len(np.unique(sp)) <= 4  # plus at most the crease band, on either side
+    capped = voxel_superpoints(keys, (keys + 0.5) * 0.05, k=0.05, min_size=20, max_size=100)
+    assert np.bincount(capped).max() <= 100 and len(np.unique(capped)) >= 2 * len(floor) // 100
+    assert all(len(np.unique(sp[capped == s])) == 1 for s in np.unique(capped))  # cuts of the same segments
 
 
 def _frame(depth_m: float) -> RGBDFrame:

@@ -49,8 +49,8 @@ class MethodConfig:
 
     vocabulary: the prebuilt class vocabulary (SAS Tab. 9) used by capability fusion and TESD, names only (empty:
     the split's evaluated classes); fusion: how the teachers' point features become the target
-    (teachers.fusion.FUSION_RULES); tau: Eq. 8 temperature; superpoint_k / superpoint_min_size: Felzenszwalb
-    threshold and minimum segment size (voxels); min_lr_ratio: the linear schedule ends at lr * min_lr_ratio.
+    (teachers.fusion.FUSION_RULES); tau: Eq. 8 temperature; superpoint_k / _min_size / _max_size: Felzenszwalb
+    threshold and minimum / maximum segment size (voxels); min_lr_ratio: the linear schedule ends at lr * min_lr_ratio.
     """
 
     text_encoder: str = "minilm"
@@ -62,6 +62,7 @@ class MethodConfig:
     tau: float = 0.1
     superpoint_k: float = 0.05
     superpoint_min_size: int = 20
+    superpoint_max_size: int = 300
     min_lr_ratio: float = 0.1
 
 

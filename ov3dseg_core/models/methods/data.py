@@ -36,7 +36,7 @@ from ov3dseg_core.models.voxel_inputs import grid_coordinates
 from ov3dseg_core.registry import REGISTRY
 from ov3dseg_core.training.map_windows import FusedScene, MapWindowConfig, MapWindowDataset, _majority
 
-TEACHER_FORMAT = 1
+TEACHER_FORMAT = 2
 """Version of the cached teacher-feature files; bump it when their content changes."""
 
 
@@ -60,11 +60,12 @@ def instance_proposals(instances: np.ndarray, superpoint: np.ndarray, rng: np.ra
 
 
 def teacher_voxel_features(scene: Scene, fused: FusedScene, cfg: TeacherConfig,
-                           embed: Callable[[list[str]], torch.Tensor], cache_dir: str | Path, superpoint_k: float,
-                           superpoint_min_size: int, seed: int) -> dict[str, np.ndarray]:
-    """Teacher features (float16), view counts, superpoints and proposals of a fused scene's voxels, cached."""
-    tag = json.dumps([fused.name, len(fused.keys), vars(cfg), superpoint_k, superpoint_min_size, seed,
-                      TEACHER_FORMAT], sort_keys=True, default=str)
+                           embed: Callable[[list[str]], torch.Tensor], cache_dir: str | Path,
+                           superpoints: tuple[float, int, int], seed: int) -> dict[str, np.ndarray]:
+    """Teacher features (float16), view counts, superpoints (Felzenszwalb k, min size, max size) and proposals of
+    a fused scene's voxels, cached."""
+    tag = json.dumps([fused.name, len(fused.keys), vars(cfg), list(superpoints), seed, TEACHER_FORMAT],
+                     sort_keys=True, default=str)
     path = Path(cache_dir) / f"teachers_{Path(fused.name).name}_{hashlib.sha1(tag.encode()).hexdigest()[:10]}.npz"
     if path.is_file():
         with np.load(path) as data:
@@ -74,7 +75,7 @@ def teacher_voxel_features(scene: Scene, fused: FusedScene, cfg: TeacherConfig,
     for name, teacher in teachers.items():
         feats, count = fuse_multiview(fused.positions, scene.frames, teacher, cfg.frame_stride, cfg.depth_rel_tol)
         out[name], out[f"{name}_count"] = feats.half().numpy(), count.numpy().astype(np.int32)
-    out["superpoint"] = voxel_superpoints(fused.keys, fused.positions, superpoint_k, superpoint_min_size)
+    out["superpoint"] = voxel_superpoints(fused.keys, fused.positions, *superpoints)
     out["proposal"] = instance_proposals(fused.instances, out["superpoint"], np.random.default_rng(seed))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
