@@ -470,3 +470,21 @@ def test_loss_counting_from_publisher_sequence_numbers():
     assert gaps == [0, 0, 2, 0, 2, 0, 1] and monitor.lost == 5  # (1, a) again: a restarted publisher
     assert monitor.received({"publication_sequence_number": None, "publisher_gid": None}) == 0
     assert monitor.received(None) == 0
+
+
+def test_a_flood_of_slow_queries_is_answered_not_dropped(query_graph, monkeypatch):
+    """40 queries at once, each taking 0.5 s: every caller gets an answer (the result or 'busy'), none hangs (the
+    old service queue of 10 dropped requests and answered one at a time)."""
+    graph, rig = query_graph
+    mapper = graph.mapper
+    mapper.voxel_map = clusters_map(5)
+    answer = mapper._answer_query
+
+    def slow_answer(request, response):
+        time.sleep(0.5)
+        return answer(request, response)
+    monkeypatch.setattr(mapper, "_answer_query", slow_answer)
+    answers = concurrent_calls(rig, [Query.Request(text="couch")] * 40, timeout_s=60.0)
+    found = sum(a.success and a.found for a in answers)
+    busy = sum(not a.success and a.message.startswith("busy") for a in answers)
+    assert found + busy == 40 and found >= 2 and busy >= 1, [a.message for a in answers]
