@@ -52,6 +52,7 @@ class TfListener:
         self._lock = threading.Lock()  # /tf and /tf_static may be served by different threads
         self._on_time_jump = on_time_jump
         self._on_update = on_update
+        self._loggers: dict[str, object] = {}
         self._subscriptions = [
             node.create_subscription(TFMessage, "/tf", guard("/tf", lambda m: self._on_message(m, False)), qos,
                                      callback_group=callback_group),
@@ -77,7 +78,7 @@ class TfListener:
                     self.received += 1
                 except (ValueError, TransformError) as exc:
                     self.invalid += 1
-                    self._warn(f"ignoring transform {transform.header.frame_id!r} -> {transform.child_frame_id!r} "
+                    self._warn("invalid", f"ignoring transform {transform.header.frame_id!r} -> {transform.child_frame_id!r} "
                                f"on {'/tf_static' if static else '/tf'}: {exc} ({self.invalid} ignored so far)")
         if jumped_to is not None and self._on_time_jump is not None:
             self._on_time_jump(jumped_to)
@@ -94,7 +95,7 @@ class TfListener:
         if stamp_ns == 0:
             if known is not None:
                 self.zero_stamps += 1
-                self._warn(f"ignoring /tf transform {parent!r} -> {child!r} stamped 0 on an edge with stamped "
+                self._warn("stamp_0", f"ignoring /tf transform {parent!r} -> {child!r} stamped 0 on an edge with stamped "
                            f"transforms (a stale publisher?) ({self.zero_stamps} so far)")
                 return None
             self.buffer.set_transform(parent, child, 0, T, static=True)
@@ -108,7 +109,7 @@ class TfListener:
 
     def _restart_edge(self, parent: str, child: str, stamp_ns: int, T, newest_ns: int) -> None:
         """Replace the history of edge parent -> child by this one sample (a time jump back on that edge)."""
-        self._warn(f"/tf {parent!r} -> {child!r} jumped back by {(newest_ns - stamp_ns) / 1e9:.3f} s (bag loop?): "
+        self._warn("time_jump", f"/tf {parent!r} -> {child!r} jumped back by {(newest_ns - stamp_ns) / 1e9:.3f} s (bag loop?): "
                    "restarting that edge's history")
         # TfBuffer replaces an edge and its history when it switches between static and dynamic: the public way
         # to restart one edge.
@@ -116,5 +117,9 @@ class TfListener:
         self.buffer.set_transform(parent, child, stamp_ns, T, static=False)
         self._newest[child] = (parent, stamp_ns)
 
-    def _warn(self, text: str) -> None:
-        self._node.get_logger().warning(text, throttle_duration_sec=WARN_PERIOD_S)
+    def _warn(self, kind: str, text: str) -> None:
+        """A warning rate-limited per ``kind`` (a logger each, so that kinds do not hide each other)."""
+        logger = self._loggers.get(kind)
+        if logger is None:
+            logger = self._loggers.setdefault(kind, self._node.get_logger().get_child(f"tf_{kind}"))
+        logger.warning(text, throttle_duration_sec=WARN_PERIOD_S)
