@@ -37,7 +37,8 @@ class CallbackGroupExecutor(SingleThreadedExecutor):
     """A single-threaded executor that waits only on the entities of ``groups`` of the nodes added to it.
 
     Several of them can serve one node; none of them becomes ``node.executor`` (a node names one executor only),
-    so entities must be created before spinning starts, as the mapping node does.
+    so no executor is woken when an entity is created: NodeSpinner's timed spin steps pick it up within
+    SPIN_TIMEOUT_S. (Uses rclpy's Executor._nodes and _nodes_lock, as in Humble to Kilted.)
     """
 
     def __init__(self, groups: tuple[CallbackGroup, ...], *, context: Context | None = None):
