@@ -51,7 +51,11 @@ def main(args: argparse.Namespace) -> int:
     out = Path(cfg.out_dir)
 
     split = load_split(cfg.split)
-    if cfg.method:  # a distillation method (SAS, GeoGuide): no labels, 2D teacher features instead
+    if cfg.method.get("type") == "Mosaic3D":  # data engine and encoder here; the returned trainer fits the decoder
+        from ov3dseg_core.models.methods.mosaic3d.training import mosaic3d_trainer
+
+        trainer = mosaic3d_trainer(cfg, split, out, resume=not args.no_resume)
+    elif cfg.method:  # a distillation method (SAS, GeoGuide): no labels, 2D teacher features instead
         from ov3dseg_core.models.methods import prepare_method_training
 
         raw = training_scenes(cfg.data)
