@@ -8,7 +8,8 @@
 2. /query: 30 concurrent queries on a small map; the worst query (everything matches) on a 250k-voxel map
    while a normal query runs.
 
-Usage: python benchmarks/bench_reliability.py [--seconds S] [--quick]
+Usage: python benchmarks/bench_reliability.py [--seconds S] [--quick] [--fastdds-profile config/fastdds_large_data.xml]
+(the profile applies to both processes: FASTDDS_DEFAULT_PROFILES_FILE)
 """
 from __future__ import annotations
 
@@ -229,7 +230,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="only 30 Hz on /tf and the query checks")
+    parser.add_argument("--fastdds-profile", metavar="XML", help="Fast DDS profile of both processes")
     args = parser.parse_args()
+    if args.fastdds_profile:  # read when rclpy creates a participant (and inherited by the camera process)
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = os.path.abspath(args.fastdds_profile)
+        print(f"Fast DDS profile: {args.fastdds_profile}")
     with open("/proc/loadavg") as f:
         print(f"load average before: {f.read().strip()}")
     cases = [(30.0, "dynamic", False, False, 1)] if args.quick else [  # rate, /tf, stale, reliable, stride
