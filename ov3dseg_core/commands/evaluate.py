@@ -44,6 +44,11 @@ def main(args: argparse.Namespace) -> int:
     paths = write_report(report, args.out)
     print(markdown_table(report))
     print(f"report: {paths}")
+    if type(segmenter.model).__name__ == "Mosaic3D":  # its instance decoder: mAP / AP50 / AP25 on the same scenes
+        from ov3dseg_core.models.methods.mosaic3d.instance_eval import format_instances, instance_report
+
+        instances = instance_report(segmenter, scenes, split, cfg.windows.voxel_size, cfg.data.cache_dir, args.out)
+        print("instances (3D only, open-vocabulary labels):\n" + format_instances(instances))
     return 0
 
 

@@ -108,3 +108,13 @@ def test_objects_nms_and_sampling():
     assert sorted(box_nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5).tolist()) == [0, 2]
     coord = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [5.0, 0, 0], [0, 5.0, 0]])
     assert set(farthest_points(coord, 3).tolist()) == {0, 2, 3} or set(farthest_points(coord, 3).tolist()) == {1, 2, 3}
+
+
+def test_instance_average_precision_and_greedy_matching():
+    from ov3dseg_core.models.methods.mosaic3d.instance_eval import average_precision, greedy_match
+
+    # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1: interpolated area 1/2 * 1 + 1/2 * 2/3
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 2) == pytest.approx(5 / 6)
+    assert average_precision(np.zeros(0), np.zeros(0, bool), 3) == 0.0
+    iou = np.array([[0.6, 0.1], [0.7, 0.0], [0.2, 0.55]])  # two predictions on ground truth 0: the best score wins
+    assert greedy_match(iou, np.array([0.9, 0.5, 0.4]), 0.5).tolist() == [True, False, True]

@@ -71,6 +71,8 @@ def test_train_then_evaluate_mosaic3d(tmp_path):
                      "--out", str(tmp_path / "eval")]) == 0
     report = json.loads(next((tmp_path / "eval").glob("*.json")).read_text())
     assert "miou" in json.dumps(report).lower()
+    instances = json.loads((tmp_path / "eval" / "instances.json").read_text())
+    assert {"mAP", "AP50", "AP25", "novel_AP50", "seconds_per_scene"} <= set(instances)
     rng = np.random.default_rng(0)
     keys = np.unique(rng.integers(0, 40, (500, 3)), axis=0)
     objects = voxel_objects(segmenter.model, keys, keys * 0.05 + 0.025, rng.integers(0, 255, (len(keys), 3)),
