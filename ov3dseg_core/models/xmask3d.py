@@ -371,12 +371,13 @@ class XMask3D(nn.Module):
         """The trainer's interface: Eq. 8 for a collated batch (``training.xmask3d.collate_views``: the ViewBatch
         fields as tensors, ``caption`` left out, plus ``captions``, the view captions as text, embedded here by the
         frozen text encoder) at optimizer step ``step``, i.e. epoch step / steps_per_epoch. Returns
-        {"loss": total, term: weighted value}."""
+        {"loss": total, term: weighted value} with every term present (L_mask 0 before its start epoch)."""
         views = {f.name: batch[f.name] for f in fields(ViewBatch) if batch.get(f.name) is not None}
         if batch.get("captions"):
             views["caption"] = self.embed_captions(batch["captions"])
         views = ViewBatch(**views)
         total, terms = self.loss(views, self(views), progress=step / self.steps_per_epoch)
+        terms.setdefault("mask", total.new_zeros(()))  # logged as 0 before its start epoch: one log schema
         return {"loss": total, **terms}
 
     def loss(self, batch: ViewBatch, out: XMask3DOutput, progress: float = 0.0) -> tuple[torch.Tensor, dict]:

@@ -2,7 +2,7 @@
 
 A training sample is one view of a scene, as in the paper ("a corner of the room"): the frame's colour image
 resized to ``views.image_size``, the scene points the frame sees (depth test at full resolution; at most
-``views.max_points``), their colours, pixel correspondences in the resized image, K and pose implied by them, the
+``views.max_points``), their colours, their pixels in the resized image (from K, the pose and the depth), the
 label image and a view caption. Which signal reaches which loss (Eq. 8):
 
 - base-class labels (scene point labels and label-image pixels; every novel, ignored or unknown class -> -1):
@@ -11,8 +11,8 @@ label image and a view caption. Which signal reaches which loss (Eq. 8):
 - "labelled but not a base class" (what an annotation of the base classes leaves as 'other'; never a class name):
   L_bi, the binary head;
 - view captions of the simulated captioner (``captions.view_caption``: synonyms, look-alike mistakes, dropped
-  objects), embedded by the frozen CLIP text encoder: L_view^3d, L_view^2d, L_view^fuse. Captions are the only
-  channel that names novel classes;
+  objects; ``views.captioner`` plugs in a real one), embedded by the frozen CLIP text encoder: L_view^3d,
+  L_view^2d, L_view^fuse. Captions are the only channel that names novel classes;
 - MaskCLIP embeddings of the predicted masks from the frozen CLIP image tower (no labels at all): L_mask, switched
   on at epoch ``model.loss.mask_loss_start``.
 
@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,10 +43,11 @@ from ov3dseg_core.eval.splits import Split, load_split, name_mapping
 from ov3dseg_core.models.lifting import (downsample_image, downsample_nearest, downsample_pixel_index,
                                          point_pixel_index, scaled_size)
 from ov3dseg_core.models.xmask3d import XMask3D, build_xmask3d, make_view_batch
+from ov3dseg_core.registry import REGISTRY
 from ov3dseg_core.training.captions import CaptionerConfig, SeenObject, view_caption
 from ov3dseg_core.training.config import TrainDataConfig
 from ov3dseg_core.training.map_windows import base_targets
-from ov3dseg_core.training.trainer import TrainerConfig
+from ov3dseg_core.training.trainer import TrainerConfig, warmup_cosine
 
 
 @dataclass
@@ -56,7 +57,9 @@ class ViewDataConfig:
     view (random subset); min_points: a view seeing fewer points is replaced by the next one; depth_abs_tol /
     depth_rel_tol: visibility test (metres / fraction of depth); min_object_points: objects with fewer visible
     points are not in the caption; rotate / scale_range: augmentation of the 3D input only (rotation about z,
-    isotropic scale; the pixel correspondences are unchanged); captioner: the simulated captioner's error rates."""
+    isotropic scale; the pixel correspondences are unchanged); captioner: a REGISTRY "view_captioner" config
+    (default the simulated ``SimViewCaptioner``; a real captioner such as ViT-GPT2 registers its own type, loads
+    its weights from a local path and captions the frame's colour image)."""
 
     image_size: list[int] = field(default_factory=lambda: [240, 320])
     frame_stride: int = 1
@@ -67,7 +70,7 @@ class ViewDataConfig:
     min_object_points: int = 20
     rotate: bool = True
     scale_range: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
+    captioner: dict[str, Any] = field(default_factory=lambda: {"type": "SimViewCaptioner"})
 
 
 @dataclass
@@ -112,6 +115,21 @@ def load_train_config(name_or_path: str | Path) -> XMask3DTrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------------- views
+@REGISTRY.register("view_captioner", "SimViewCaptioner")
+class SimViewCaptioner:
+    """The simulated view captioner (``captions.view_caption``): a sentence naming most objects in view, with
+    synonyms, look-alike mistakes and dropped objects at the rates of ``CaptionerConfig`` (the keyword arguments).
+
+    The view-captioner interface: ``__call__(image (H, W, 3) uint8 RGB, objects: what is in view, rng) -> str``;
+    a real captioner uses only ``image``, this stand-in only ``objects``."""
+
+    def __init__(self, **config: Any):
+        self.cfg = from_dict(CaptionerConfig, config, "views.captioner")
+
+    def __call__(self, image: np.ndarray, objects: Sequence[SeenObject], rng: np.random.Generator) -> str:
+        return view_caption(objects, rng, self.cfg)
+
+
 def image_scale(camera_width: int, camera_height: int, image_size: Sequence[int]) -> float:
     """The resize factor W / camera width; raises ValueError when (H, W) does not keep the camera's aspect."""
     factor = image_size[1] / camera_width
@@ -137,7 +155,7 @@ def seen_objects(scene: Scene, seen: np.ndarray, min_points: int) -> list[SeenOb
 
 
 def view_sample(scene: Scene, frame: RGBDFrame, base_classes: Sequence[str], cfg: ViewDataConfig,
-                rng: np.random.Generator) -> dict[str, Any] | None:
+                captioner: Callable, rng: np.random.Generator) -> dict[str, Any] | None:
     """One training view (None when it sees fewer than ``min_points`` points): image (h, w, 3) uint8, points
     (P, 3) float32 metres (world frame, augmented), colors (P, 3) uint8, pixel_index (P,) int64 into the resized
     image, labels (P,) base-class index or -1, is_novel (P,) 1 labelled-not-base / 0 base / -1 unlabelled,
@@ -152,7 +170,7 @@ def view_sample(scene: Scene, frame: RGBDFrame, base_classes: Sequence[str], cfg
     seen = np.flatnonzero(pixel >= 0)
     if len(seen) < cfg.min_points:
         return None
-    caption = view_caption(seen_objects(scene, seen, cfg.min_object_points), rng, cfg.captioner)
+    caption = captioner(frame.color, seen_objects(scene, seen, cfg.min_object_points), rng)
     if len(seen) > cfg.max_points:
         seen = np.sort(rng.choice(seen, cfg.max_points, replace=False))
     point_labels = scene.labels[seen]
@@ -187,6 +205,7 @@ class SceneViewDataset(Dataset):
     def __init__(self, scenes: Sequence[Scene], base_classes: Sequence[str], cfg: ViewDataConfig, seed: int = 0):
         self.scenes, self.base_classes, self.cfg, self.seed = list(scenes), list(base_classes), cfg, seed
         self.views = [(i, j) for i, s in enumerate(self.scenes) for j in range(0, len(s.frames), cfg.frame_stride)]
+        self.captioner = REGISTRY.build("view_captioner", cfg.captioner)
         self.epoch = 0
         if not self.views:
             raise ValueError("no views: the training config names no scenes (data.sim_scenes / data.scene_dirs)")
@@ -201,7 +220,8 @@ class SceneViewDataset(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         for k in range(len(self.views)):  # a view that sees (almost) nothing gives way to the next one
             i, j = self.views[(index + k) % len(self.views)]
-            sample = view_sample(self.scenes[i], self.scenes[i].frames[j], self.base_classes, self.cfg, rng)
+            sample = view_sample(self.scenes[i], self.scenes[i].frames[j], self.base_classes, self.cfg,
+                                 self.captioner, rng)
             if sample is not None:
                 return sample
         raise ValueError(f"no view sees {self.cfg.min_points} points")
@@ -220,16 +240,6 @@ def collate_views(samples: Sequence[dict[str, Any]], voxel_size: float) -> dict[
 
 
 # ------------------------------------------------------------------------------------------------------- schedule
-def cosine_lambda(max_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0):
-    """LR multiplier per step: linear warm-up, then cosine from 1 to ``min_lr_ratio`` at ``max_steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
 def steps_per_epoch(num_views: int, batch_size: int, world_size: int = 1) -> int:
     """Optimizer steps of one pass over the views with a global batch of ``batch_size`` views."""
     return max(1, math.ceil(num_views / (rank_batch_size(batch_size, world_size) * world_size)))
@@ -240,7 +250,8 @@ def rank_batch_size(batch_size: int, world_size: int) -> int:
 
 
 def trainer_config(schedule: ScheduleConfig, max_steps: int, world_size: int = 1) -> TrainerConfig:
-    """The generic trainer's settings for a schedule (its optimizer and scheduler are replaced, see ``fit``)."""
+    """The generic trainer's settings for a schedule (``fit`` replaces its optimizer by the two-lr AdamW; the
+    schedule stays ``trainer.warmup_cosine``)."""
     if schedule.scheduler != "cosine":
         raise ValueError(f"train.scheduler {schedule.scheduler!r} is not supported (cosine)")
     return TrainerConfig(max_steps=max_steps, batch_size=rank_batch_size(schedule.batch_size, world_size),
@@ -271,8 +282,8 @@ def fit(model: XMask3D, scenes: Sequence[Scene], cfg: XMask3DTrainConfig, resume
                       checkpoint_config=checkpoint_config(model, cfg), vocabulary=model.base_classes)
     trainer.optimizer = torch.optim.AdamW(model.param_groups(cfg.train.lr_3d, cfg.train.lr_other),
                                           weight_decay=cfg.train.weight_decay)
-    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
-        trainer.optimizer, cosine_lambda(max_steps, cfg.train.warmup_steps, cfg.train.min_lr_ratio))
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer,
+                                                          lambda step: warmup_cosine(step, trainer.cfg))
     print(f"training XMask3D on {len(dataset)} views of {len(scenes)} scenes: {max_steps} steps "
           f"({per_epoch} an epoch, L_mask from epoch {model.cfg.loss.mask_loss_start}); base classes "
           f"{model.base_classes}; novel (captions only) {model.novel_classes}")

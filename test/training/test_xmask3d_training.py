@@ -1,6 +1,7 @@
 """Training the full XMask3D from scenes: view batches (shapes, visibility, no novel labels), the schedule, a short
 run lowering the loss, the checkpoint round trip through ``ov3dseg train`` / ``ov3dseg evaluate``, the shipped
 configs' train blocks, and the 2D+3D semantic stage writing features for the voxels a key frame sees."""
+import dataclasses
 import json
 
 import numpy as np
@@ -16,8 +17,9 @@ from ov3dseg_core.geometry.transforms import invert_transform, transform_points
 from ov3dseg_core.models.losses import LossConfig
 from ov3dseg_core.models.semantic_stage import KeyFramePolicy, XMask3DStage, load_semantic_stage
 from ov3dseg_core.models.xmask3d import build_xmask3d
-from ov3dseg_core.training.xmask3d import (SceneViewDataset, ViewDataConfig, collate_views, cosine_lambda,
-                                           load_train_config, load_xmask3d, steps_per_epoch)
+from ov3dseg_core.training.trainer import warmup_cosine
+from ov3dseg_core.training.xmask3d import (SceneViewDataset, ViewDataConfig, collate_views, load_train_config,
+                                           load_xmask3d, steps_per_epoch, trainer_config)
 
 VIEWS = ViewDataConfig(image_size=[48, 64], max_points=800, min_object_points=10)
 
@@ -86,20 +88,24 @@ def test_collate_gives_the_trainer_a_view_batch(dataset, model):
 def test_schedule_epochs_to_steps_and_cosine():
     assert steps_per_epoch(64, 4) == 16 and steps_per_epoch(65, 4) == 17
     assert steps_per_epoch(64, 64, world_size=4) == 1  # the batch is global: 16 views per rank
-    f = cosine_lambda(100)
-    assert f(0) == 1.0 and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
-    assert cosine_lambda(100, warmup_steps=10)(4) == pytest.approx(0.5)
+    schedule = load_train_config("xmask3d_scannet").train
+    cfg = trainer_config(schedule, max_steps=100, world_size=4)
+    assert (cfg.batch_size, cfg.max_steps, cfg.min_lr_ratio) == (16, 100, 0.0)
+    assert [warmup_cosine(s, cfg) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])  # cosine to 0
 
 
 def test_short_run_lowers_the_loss_and_switches_mask_loss_on_by_epoch(dataset, model):
     batch = collate_views([dataset[0], dataset[2]], model.cfg.voxel_size)
     model.train()
-    model.steps_per_epoch = 4  # L_mask from epoch mask_loss_start (2 in the tiny config) = step 8
+    loss_cfg, inference_cfg = model.cfg.loss, model.cfg.inference
+    model.steps_per_epoch = 4
+    model.cfg.loss = dataclasses.replace(loss_cfg, mask_loss_start=2, min_mask_points=1)  # L_mask from step 8
+    model.cfg.inference = dataclasses.replace(inference_cfg, mask_threshold=0.0)  # every point joins a mask
     optimizer = torch.optim.AdamW(model.param_groups(3e-3, 1e-3))
     losses = []
     for step in range(12):
         terms = model.training_losses(batch, step)
-        assert ("mask" in terms) == (step >= 8)
+        assert (float(terms["mask"]) > 0) == (step >= 8)
         optimizer.zero_grad()
         terms["loss"].backward()
         optimizer.step()
@@ -107,7 +113,7 @@ def test_short_run_lowers_the_loss_and_switches_mask_loss_on_by_epoch(dataset, m
     assert {"seg_3d", "seg_fuse", "m2f_class", "m2f_focal", "view_3d", "view_fuse", "binary"} <= set(losses[0])
     pre_mask = [sum(v for k, v in row.items() if k not in ("loss", "mask")) for row in losses]
     assert np.mean(pre_mask[-3:]) < 0.8 * np.mean(pre_mask[:3])
-    model.steps_per_epoch = 1
+    model.steps_per_epoch, model.cfg.loss, model.cfg.inference = 1, loss_cfg, inference_cfg
 
 
 def _tiny_config(tmp_path) -> str:
@@ -167,7 +173,7 @@ def test_real_size_schedule_and_views_with_a_tiny_model(small_scene):
     views = ViewDataConfig(**{**vars(real.views), "image_size": [60, 80], "max_points": 400})
     ds = SceneViewDataset([small_scene], model.base_classes, views)
     terms = model.training_losses(collate_views([ds[0]], model.cfg.voxel_size), step=0)
-    assert torch.isfinite(terms["loss"]) and "mask" not in terms
+    assert torch.isfinite(terms["loss"]) and float(terms["mask"]) == 0.0  # L_mask waits for epoch 50
 
 
 def test_keyframe_policy():
@@ -188,7 +194,8 @@ def test_2d3d_stage_writes_features_for_window_voxels_a_key_frame_sees(small_sce
     from ov3dseg_core.training.evaluation import fuse_scene
 
     voxel_map = fuse_scene(small_scene, 0.1, model.cfg.feature_dim)
-    model.cfg.inference.mask_threshold = 0.0  # a barely trained model: every seen voxel joins its best mask
+    inference_cfg = model.cfg.inference  # a barely trained model: every seen voxel joins its best mask
+    model.cfg.inference = dataclasses.replace(inference_cfg, mask_threshold=0.0)
     stage = XMask3DStage(model, KeyFramePolicy(max_pending=1), image_size=[48, 64])
     frame = small_scene.frames[2]
     assert stage.offer_frame(frame) and not stage.offer_frame(frame)  # same pose and time: not a key frame
@@ -213,7 +220,7 @@ def test_2d3d_stage_writes_features_for_window_voxels_a_key_frame_sees(small_sce
     labels, scores = stage.classify(feats[written], ["sofa", "wall"])
     assert labels.shape == scores.shape == (written.sum(),)
     assert stage.update(voxel_map, centre, radius).passes == {"2d": 0, "3d": 1}  # no key frame pending
-    model.cfg.inference.mask_threshold = 0.5
+    model.cfg.inference = inference_cfg
 
 
 def test_default_model_is_the_3d_kind():
