@@ -313,7 +313,7 @@ class DataEngine:
         ok = np.flatnonzero((boxes.scores >= self.cfg.box_threshold) & (area <= self.cfg.max_box_area))
         keep = ok[box_nms(boxes.boxes[ok], boxes.scores[ok], self.cfg.nms_iou)] if len(ok) else ok
         things = self.segmenter(index, frame, boxes.boxes[keep])
-        things = things[things.reshape(len(things), -1).any(axis=1)]
+        things = things[things.any(axis=(1, 2))]
         return np.concatenate([things, self.stuff(index, frame).masks]), len(things)
 
     def scene_pairs(self, scene: Scene, points: np.ndarray) -> dict[str, Any]:

@@ -74,6 +74,14 @@ class Mosaic3D(DistillationMethod):
                   "condition": self.cfg.condition}
         return F.normalize(self.backbone(inputs), dim=-1)
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component (the encoder without PPT's context table, as the paper's 43.7M counts it)."""
+        table = self.backbone.embedding_table
+        context = table.weight.numel() if isinstance(table, torch.nn.Embedding) else 0
+        counts = {"encoder": sum(p.numel() for p in self.backbone.parameters()) - context, "context_table": context,
+                  "decoder": sum(p.numel() for p in self.decoder.parameters()), "temperatures": 2}
+        return {**counts, "total": sum(counts.values())}
+
     def encoder_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.backbone.parameters()) + list(self.classifier.parameters())
 
