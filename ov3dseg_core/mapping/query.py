@@ -19,11 +19,13 @@ are represented by the embedding of their label's name:
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -369,8 +371,43 @@ _NEIGHBOUR_OFFSETS = key_offsets(torch.tensor([(dx, dy, dz) for dx in range(-_RE
 neighbour pair is found once)."""
 
 
+DENSE_CELLS_PER_VOXEL = 32
+"""Voxels are grouped on a dense grid over their bounding box when it has at most this many cells per voxel (plus
+2**20); sparser sets (far-apart voxels) use the neighbour search."""
+
+
 def _components(keys: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
     """(K,) component id of each voxel: voxels within _REACH along every axis (and of equal label) connect."""
+    groups = [np.arange(len(keys))] if labels is None else [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    component = np.empty(len(keys), np.int64)
+    first = 0
+    for members in groups:  # one pass per label (label-only maps connect voxels of one label only)
+        ids = _dense_components(keys[members])
+        if ids is None:
+            ids = _sparse_components(keys[members])
+        component[members] = ids + first
+        first += int(ids.max(initial=-1)) + 1
+    return component
+
+
+def _dense_components(keys: np.ndarray) -> np.ndarray | None:
+    """Component ids (0..n-1) of ``keys`` (K, 3) by labelling a dense grid of their bounding box, or None when the
+    box is too sparse. Each voxel is drawn as a cube of _REACH cells, so two cubes touch (26-connected) exactly
+    when their voxels lie within _REACH of each other along every axis."""
+    origin = keys.min(axis=0)
+    shape = keys.max(axis=0) - origin + _REACH
+    if np.prod(shape.astype(np.float64)) > DENSE_CELLS_PER_VOXEL * len(keys) + 2**20:
+        return None
+    cells = (keys - origin).astype(np.intp)
+    grid = np.zeros(shape, bool)
+    for d in itertools.product(range(_REACH), repeat=3):
+        grid[cells[:, 0] + d[0], cells[:, 1] + d[1], cells[:, 2] + d[2]] = True
+    labelled, _ = ndimage.label(grid, structure=np.ones((3, 3, 3), bool))
+    return labelled[cells[:, 0], cells[:, 1], cells[:, 2]].astype(np.int64) - 1
+
+
+def _sparse_components(keys: np.ndarray) -> np.ndarray:
+    """Component ids of ``keys`` (K, 3) by a sorted-key search of every voxel's neighbours within _REACH."""
     k = len(keys)
     packed = pack_keys(torch.from_numpy(keys.astype(np.int32))).numpy()
     order = np.argsort(packed)
@@ -383,9 +420,6 @@ def _components(keys: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         src.append(order[hit])
         dst.append(order[at[hit]])
     src, dst = np.concatenate(src), np.concatenate(dst)
-    if labels is not None:
-        same = labels[src] == labels[dst]
-        src, dst = src[same], dst[same]
     graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(k, k))
     return connected_components(graph, directed=False)[1]
 

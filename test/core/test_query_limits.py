@@ -58,3 +58,23 @@ def test_label_query_groups_without_holding_the_map_lock(monkeypatch):
     result = query_labels(vmap, EMBEDDINGS[1], EMBEDDINGS[:1], EMBEDDINGS, NAMES, LABEL_CALIBRATIONS["minilm"],
                           min_voxels=1)
     assert held == [True] and len(result.objects) == 20
+
+
+def test_dense_and_sparse_grouping_agree():
+    from ov3dseg_core.mapping import query
+    rng = np.random.default_rng(3)
+    keys = np.unique(rng.integers(-40, 40, (6000, 3)), axis=0)
+    labels = rng.integers(0, 3, len(keys))
+    dense = query._components(keys, labels)  # a compact box: the dense grid
+    sparse = np.empty(len(keys), np.int64)
+    first = 0
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        ids = query._sparse_components(keys[members])
+        sparse[members], first = ids + first, first + ids.max() + 1
+    pairs = np.unique(np.stack([dense, sparse], 1), axis=0)  # the same partition: a one-to-one id mapping
+    assert len(pairs) == len(np.unique(dense)) == len(np.unique(sparse)) > 10
+    far = np.array([[0, 0, 0], [2, 2, 2], [3, 0, 0], [500_000, 0, 0]])  # a sparse box: the neighbour search
+    assert query._dense_components(far) is None
+    ids = query._components(far, None)
+    assert ids[0] == ids[1] == ids[2] != ids[3]
