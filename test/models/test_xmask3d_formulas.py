@@ -213,6 +213,24 @@ def test_total_loss_eq8_weights_and_mask_warmup():
         total_loss({"typo": one}, cfg, True)
 
 
+def test_eq8_hand_computed_2d_terms_with_focal_under_omega_seg():
+    """One query, one target mask on a 4x4 image (top half), logits +-2 matching it, class logits 0 over
+    (class 0, no-object): every Mask2Former term by hand, then omega_seg = 4 on each (Eq. 8, L_seg includes L2d)."""
+    cfg = LossConfig(num_points=0)  # dense; m2f weights 2 / 5 / 5 / 20
+    gt = torch.zeros(1, 4, 4, dtype=torch.bool)
+    gt[0, :2] = True
+    logits = torch.where(gt, 2.0, -2.0)[None]  # (B=1, Q=1, 4, 4)
+    terms = MaskSetCriterion(cfg)([(torch.zeros(1, 1, 2), logits)], [(torch.tensor([0]), gt)])
+    ce = math.log1p(math.exp(-2.0))  # BCE of every pixel (p_t = sigmoid(2) everywhere)
+    p_t = 1.0 / (1.0 + math.exp(-2.0))
+    focal = 0.5 * (0.25 + 0.75) * ce * (1 - p_t) ** 2  # alpha 0.25 on the 8 positives, 0.75 on the 8 negatives
+    dice = 1 - (2 * 8 * p_t + 1) / (8 * p_t + 8 * (1 - p_t) + 8 + 1)
+    want = {"m2f_class": 2 * math.log(2.0), "m2f_mask": 5 * ce, "m2f_dice": 5 * dice, "m2f_focal": 20 * focal}
+    assert {k: float(v) for k, v in terms.items()} == pytest.approx(want, rel=1e-5)
+    total, _ = total_loss(terms, cfg, mask_active=False)
+    assert float(total) == pytest.approx(4 * sum(want.values()), rel=1e-5)
+
+
 def test_deformable_attention_core_samples_bilinearly():
     value = torch.arange(6.0).reshape(1, 6, 1, 1)  # one level 2x3, one head, dh = 1
     shapes = [(2, 3)]
