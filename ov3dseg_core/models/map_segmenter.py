@@ -109,25 +109,30 @@ class MapSegmenter:
     def update(self, voxel_map, center: np.ndarray | None = None, radius: float = 0.0) -> WindowResult:
         """Run the model on the voxels within ``radius`` metres of ``center`` (all when radius <= 0; the nearest
         ``max_window_voxels`` at most) and fuse the features into ``voxel_map``'s feature layer."""
-        with voxel_map.lock:
-            keys, positions, colors = voxel_map.keys(), voxel_map.positions(), voxel_map.colors()
-        if len(keys) == 0:
-            return WindowResult(0, 0.0)
-        select = np.arange(len(keys))
-        if center is not None and radius > 0:
-            dist = np.linalg.norm(positions - np.asarray(center, dtype=np.float32)[None], axis=1)
-            select = np.flatnonzero(dist <= radius)
-            if len(select) > self.max_window_voxels:
-                select = select[np.argsort(dist[select])[: self.max_window_voxels]]
-        elif len(select) > self.max_window_voxels:
-            select = select[: self.max_window_voxels]
+        with voxel_map.lock:  # select on the positions, then copy only the window's keys and colours
+            positions = voxel_map.positions()
+            select = self._window(positions, center, radius)
+            keys, colors = voxel_map.keys(select), voxel_map.colors(select)
         if len(select) == 0:
             return WindowResult(0, 0.0)
+        positions = positions[select]
         t0 = time.perf_counter()
-        feats = self.features(keys[select], positions[select], colors[select])
+        feats = self.features(keys, positions, colors)
         seconds = time.perf_counter() - t0
-        voxel_map.integrate_features(positions[select], feats.float().cpu().numpy())
+        voxel_map.integrate_features(positions, feats.float().cpu().numpy())
         return WindowResult(len(select), seconds)
+
+    def _window(self, positions: np.ndarray, center: np.ndarray | None, radius: float) -> np.ndarray:
+        """Indices into (M, 3) ``positions`` (metres) of the window: within ``radius`` of ``center`` (everything when
+        radius <= 0), the nearest ``max_window_voxels`` at most (the first ones when there is no centre)."""
+        if center is None or radius <= 0:
+            return np.arange(min(len(positions), self.max_window_voxels))
+        offset = positions - np.asarray(center, dtype=np.float32)
+        squared = np.einsum("ij,ij->i", offset, offset)  # one pass; an axis-1 norm of (M, 3) is several times slower
+        select = np.flatnonzero(squared <= np.float32(radius) ** 2)
+        if len(select) > self.max_window_voxels:
+            select = select[np.argsort(squared[select], kind="stable")[: self.max_window_voxels]]
+        return select
 
     def cosines(self, features: np.ndarray | torch.Tensor, vocabulary: Sequence[str]) -> torch.Tensor:
         """(V, L) cosine similarities of per-voxel features (V, D) to the ``vocabulary`` names."""
