@@ -141,8 +141,10 @@ def image_scale(camera_width: int, camera_height: int, image_size: Sequence[int]
 
 def seen_objects(scene: Scene, seen: np.ndarray, min_points: int) -> list[SeenObject]:
     """The objects among scene points ``seen`` (indices) as a captioner would see them: one per instance with at
-    least ``min_points`` labelled points, named by its majority class."""
-    inst, lab = scene.instances[seen], scene.labels[seen]
+    least ``min_points`` labelled points, named by its majority class (one per class when the scene has no
+    instances)."""
+    lab = scene.labels[seen]
+    inst = lab if scene.instances is None else scene.instances[seen]
     keep = (inst >= 0) & (lab >= 0)
     ids, inverse, counts = np.unique(inst[keep], return_inverse=True, return_counts=True)
     points, colors, lab = scene.points[seen][keep], scene.colors[seen][keep], lab[keep]
@@ -159,11 +161,12 @@ def view_sample(scene: Scene, frame: RGBDFrame, base_classes: Sequence[str], cfg
     """One training view (None when it sees fewer than ``min_points`` points): image (h, w, 3) uint8, points
     (P, 3) float32 metres (world frame, augmented), colors (P, 3) uint8, pixel_index (P,) int64 into the resized
     image, labels (P,) base-class index or -1, is_novel (P,) 1 labelled-not-base / 0 base / -1 unlabelled,
-    label_image (h, w) base-class index or -1, caption (str)."""
-    if frame.color is None or frame.pose is None or frame.labels is None:
-        raise ValueError(f"scene {scene.name}: training views need colour, pose and a label image")
-    if scene.points is None or scene.labels is None or scene.instances is None or scene.colors is None:
-        raise ValueError(f"scene {scene.name}: training needs a labelled, coloured point cloud with instances")
+    label_image (h, w) base-class index or -1 (the frame's label image, or the visible points' labels drawn into
+    their pixels when the frame has none, as raw ScanNet), caption (str)."""
+    if frame.color is None or frame.pose is None:
+        raise ValueError(f"scene {scene.name}: training views need colour and a pose")
+    if scene.points is None or scene.labels is None or scene.colors is None:
+        raise ValueError(f"scene {scene.name}: training needs a labelled, coloured point cloud")
     cam = frame.camera
     factor = image_scale(cam.width, cam.height, cfg.image_size)
     pixel = point_pixel_index(scene.points, cam, frame.pose, frame.depth, cfg.depth_abs_tol, cfg.depth_rel_tol)
@@ -173,9 +176,9 @@ def view_sample(scene: Scene, frame: RGBDFrame, base_classes: Sequence[str], cfg
     caption = captioner(frame.color, seen_objects(scene, seen, cfg.min_object_points), rng)
     if len(seen) > cfg.max_points:
         seen = np.sort(rng.choice(seen, cfg.max_points, replace=False))
+    label_image = base_targets(view_label_image(scene, frame, pixel, factor), scene.label_names, base_classes)
     point_labels = scene.labels[seen]
     labels = base_targets(point_labels, scene.label_names, base_classes)
-    label_image = base_targets(downsample_nearest(frame.labels, factor), scene.label_names, base_classes)
     return {
         "image": downsample_image(frame.color, factor),
         "points": augment_points(scene.points[seen], cfg, rng),
@@ -186,6 +189,20 @@ def view_sample(scene: Scene, frame: RGBDFrame, base_classes: Sequence[str], cfg
         "label_image": label_image,
         "caption": caption,
     }
+
+
+def view_label_image(scene: Scene, frame: RGBDFrame, pixel: np.ndarray, factor: float) -> np.ndarray:
+    """(h, w) int dataset class ids of the resized view: the frame's label image, or else the labels of the scene
+    points seen at each pixel (``pixel`` (N,) full-resolution indices of all scene points, -1 unseen; the last
+    point wins a pixel, unlabelled pixels -1)."""
+    cam = frame.camera
+    if frame.labels is not None:
+        return downsample_nearest(frame.labels, factor)
+    h, w = scaled_size(cam.height, cam.width, factor)
+    seen = np.flatnonzero(pixel >= 0)
+    image = np.full(h * w, -1, dtype=np.int64)
+    image[downsample_pixel_index(pixel[seen], cam.width, cam.height, factor)] = scene.labels[seen]
+    return image.reshape(h, w)
 
 
 def augment_points(points: np.ndarray, cfg: ViewDataConfig, rng: np.random.Generator) -> np.ndarray:

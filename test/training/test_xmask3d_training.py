@@ -76,6 +76,18 @@ def test_points_project_onto_their_pixels(small_scene):
     assert np.abs(uv - np.stack([pu, pv], 1)).max() <= 1.0  # the resized image's pixel up to rounding
 
 
+def test_frames_without_label_images_or_instances(small_scene):
+    """Raw ScanNet: no 2D labels (the visible points' labels are drawn into the image), no instances (one caption
+    object per class)."""
+    frames = [dataclasses.replace(f, labels=None, instances=None) for f in small_scene.frames]
+    scene = dataclasses.replace(small_scene, frames=frames, instances=None)
+    ds = SceneViewDataset([scene], load_split("sim_b15n4").base, VIEWS)
+    s, reference = ds[0], SceneViewDataset([small_scene], load_split("sim_b15n4").base, VIEWS)[0]
+    drawn = s["label_image"] >= 0
+    assert drawn.mean() > 0.5 and (s["label_image"][drawn] == reference["label_image"][drawn]).mean() > 0.9
+    assert (s["labels"] >= 0).mean() > 0.5 and s["caption"]
+
+
 def test_collate_gives_the_trainer_a_view_batch(dataset, model):
     batch = collate_views([dataset[0], dataset[1]], model.cfg.voxel_size)
     assert batch["batch_size"] == 2 and len(batch["captions"]) == 2
