@@ -26,7 +26,7 @@ def test_region_loss_and_decoder_loss_fall(small_scene, minilm, tmp_path):
     torch.manual_seed(0)
     fused = cached_fused_scene(small_scene, 0.05, tmp_path)
     data = scene_dataset(small_scene, fused, EngineConfig(frame_stride=1), (0.05, 20, 300), tmp_path, 0)
-    windows = MapWindowConfig(max_voxels=2000, whole_room_prob=0.0, augment=False)
+    windows = MapWindowConfig(max_voxels=1200, whole_room_prob=0.0, augment=False)
     dataset = MaskCaptionWindowDataset([fused], [data], [minilm.encode(list(data["captions"]))], minilm.encode,
                                        windows)
     batch = collate_mask_captions([dataset[0]])
@@ -38,7 +38,7 @@ def test_region_loss_and_decoder_loss_fall(small_scene, minilm, tmp_path):
             model.freeze_encoder()
         optimizer = torch.optim.Adam(list(params), lr=1e-2)
         losses = []
-        for step in range(12):
+        for step in range(10):
             loss = model.train().training_losses(batch, step)["loss"]
             optimizer.zero_grad()
             loss.backward()

@@ -2,7 +2,7 @@
 
 Queries are the positional encodings of Q points sampled from the scene by farthest point sampling, with zero
 content (Mask3D's ``non_parametric_queries``). Each layer: cross-attention of the queries to the point features
-(plus the points' positional encodings), self-attention among the queries, an FFN. Outputs per query: objectness
+(plus the points' positional encodings), self-attention among the queries, an FFN. Outputs per query after every layer (the loss supervises all of them, as Mask3D's): objectness
 o = Linear(Z_mask) (Q, 2), mask logits Z_mask Z'^T (Q, N) (S_pred = sigmoid of them, Eq. 6) and an embedding in
 the text space (Eq. 7's Z_mask).
 
@@ -90,17 +90,23 @@ class InstanceDecoder(nn.Module):
         self.caption_embed = nn.Linear(c, text_dim)
 
     def forward(self, features: torch.Tensor, coord: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The last layer's (objectness, mask logits, embeddings)."""
+        return self.forward_layers(features, coord)[-1]
+
+    def forward_layers(self, features: torch.Tensor, coord: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """(objectness, mask logits, embeddings) after every layer (Mask3D's deep supervision)."""
         pos = self.pos(fourier_encoding(coord.float(), self.cfg.frequencies))
         points = self.point_proj(features)
         stride = max(1, math.ceil(len(coord) / self.cfg.attention_points))
         keys, key_pos = points[::stride][None], pos[::stride][None]
         q_pos = pos[farthest_points(coord.float(), self.cfg.queries)][None]
         q = torch.zeros_like(q_pos)
+        mask_feats = self.mask_features(torch.cat([points, pos], dim=1))
+        outputs = []
         for layer in self.layers:
             q = layer(q, q_pos, keys, key_pos)
-        q = q[0]
-        mask_feats = self.mask_features(torch.cat([points, pos], dim=1))
-        return self.objectness(q), self.mask_embed(q) @ mask_feats.t(), self.caption_embed(q)
+            outputs.append((self.objectness(q[0]), self.mask_embed(q[0]) @ mask_feats.t(), self.caption_embed(q[0])))
+        return outputs
 
 
 @dataclass

@@ -111,9 +111,9 @@ class Mosaic3D(DistillationMethod):
         return {"loss": loss, "region": loss, "tau": 1.0 / self.classifier.scale.detach()}
 
     def decoder_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The decoder loss per scene of the batch, averaged: proposal (N,) target mask ids (batch-wide, -1 none;
-        scene b owns ids proposal_start[b] .. proposal_start[b + 1] - 1), proposal_text (M, D) and
-        proposal_has_text (M,)."""
+        """The decoder loss per scene of the batch, summed over the decoder's layers (each matched on its own) and
+        averaged over scenes: proposal (N,) target mask ids (batch-wide, -1 none; scene b owns ids
+        proposal_start[b] .. proposal_start[b + 1] - 1), proposal_text (M, D) and proposal_has_text (M,)."""
         with torch.no_grad():
             z = self.forward(batch)
         starts = batch["proposal_start"].tolist()
@@ -122,13 +122,13 @@ class Mosaic3D(DistillationMethod):
         for b in range(len(bounds) - 1):  # one step per scene
             rows = slice(bounds[b], bounds[b + 1])
             ids = torch.arange(starts[b], starts[b + 1], device=z.device)
-            objectness, logits, embeddings = self.decoder(z[rows], batch["coord"][rows])
             targets = ids[:, None] == batch["proposal"][rows][None]
-            losses = decoder_loss(objectness, logits, embeddings, targets, batch["proposal_text"][ids],
-                                  batch["proposal_has_text"][ids], self.caption_classifier.scale,
-                                  self.cfg.loss_weights)
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + v / (len(bounds) - 1)
+            for objectness, logits, embeddings in self.decoder.forward_layers(z[rows], batch["coord"][rows]):
+                losses = decoder_loss(objectness, logits, embeddings, targets, batch["proposal_text"][ids],
+                                      batch["proposal_has_text"][ids], self.caption_classifier.scale,
+                                      self.cfg.loss_weights)
+                for k, v in losses.items():
+                    totals[k] = totals.get(k, 0.0) + v / (len(bounds) - 1)
         return totals
 
     @torch.no_grad()
