@@ -32,8 +32,3 @@ def scatter_softmax(logits: torch.Tensor, index: torch.Tensor, num_segments: int
     e = (logits - peak[index]).exp()
     return e / e.new_zeros(num_segments).index_add_(0, index, e)[index]
 
-
-def compact_ids(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Arbitrary integer ids (N,) -> consecutive ids in [0, S) (same order as the sorted unique ids) and S."""
-    unique, inverse = torch.unique(ids, return_inverse=True)
-    return inverse, len(unique)

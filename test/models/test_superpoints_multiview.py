@@ -5,7 +5,7 @@ import torch
 from ov3dseg_core.data.frames import RGBDFrame
 from ov3dseg_core.geometry.camera import PinholeCamera
 from ov3dseg_core.models.multiview import PixelFeatures, fuse_multiview
-from ov3dseg_core.models.pooling import compact_ids, scatter_mean, scatter_softmax, scatter_weighted_mean
+from ov3dseg_core.models.pooling import scatter_mean, scatter_softmax, scatter_weighted_mean
 from ov3dseg_core.models.superpoints import mesh_graph, voxel_graph, voxel_superpoints
 
 
@@ -17,8 +17,6 @@ def test_scatter_pooling():
     assert torch.allclose(scatter_weighted_mean(src, w, index, 3)[0], torch.tensor([2.5, 1.5]))
     soft = scatter_softmax(torch.tensor([0.0, float(np.log(3.0)), 7.0]), index, 3)
     assert torch.allclose(soft, torch.tensor([0.25, 0.75, 1.0]))
-    ids, n = compact_ids(torch.tensor([7, 3, 7, 9]))
-    assert n == 3 and ids.tolist() == [1, 0, 1, 2]
 
 
 def test_graphs():

@@ -5,7 +5,7 @@ Select one in a training YAML with a ``method:`` mapping (``type: SAS`` or ``typ
 it from the checkpoint.
 """
 from ov3dseg_core.models.methods.base import (
-    DistillationMethod, MethodConfig, TeacherConfig, build_method, method_class, method_config,
+    DistillationMethod, MethodConfig, TeacherConfig, method_class, method_config,
 )
 from ov3dseg_core.models.methods.geoguide import GeoGuide, GeoGuideConfig
 from ov3dseg_core.models.methods.mosaic3d import Mosaic3D, Mosaic3DConfig
@@ -15,5 +15,5 @@ from ov3dseg_core.models.methods.training import load_method, prepare_method_tra
 __all__ = [
     "SAS", "DistillationMethod", "GeoGuide", "GeoGuideConfig", "MethodConfig", "Mosaic3D", "Mosaic3DConfig",
     "SASConfig", "TeacherConfig",
-    "build_method", "load_method", "method_class", "method_config", "prepare_method_training",
+    "load_method", "method_class", "method_config", "prepare_method_training",
 ]

@@ -93,6 +93,3 @@ def method_config(method: Mapping[str, Any]) -> MethodConfig:
     cls = method_class(method)
     return from_dict(cls.config_class, {k: v for k, v in method.items() if k != "type"}, "method")
 
-
-def build_method(method: Mapping[str, Any], vocab_text: torch.Tensor) -> DistillationMethod:
-    return method_class(method)(method_config(method), vocab_text)

@@ -28,7 +28,7 @@ from torch import nn
 from ov3dseg_core.models.backbones import offset_to_batch
 from ov3dseg_core.models.methods.base import DistillationMethod, MethodConfig
 from ov3dseg_core.models.methods.losses import cosine_distance, gram_mse
-from ov3dseg_core.models.pooling import scatter_mean, scatter_softmax
+from ov3dseg_core.models.pooling import scatter_mean, scatter_softmax, scatter_weighted_mean
 from ov3dseg_core.registry import REGISTRY
 from ov3dseg_core.training.checkpoint import load_checkpoint
 
@@ -127,7 +127,7 @@ class GeoGuide(DistillationMethod):
         s_2d = scatter_mean(f2d, sp_h, num_sp)[sp_h]
         logits = self.reliability(torch.cat([s_geo - geo_h, s_2d - f2d], dim=1)).squeeze(1)
         weight = scatter_softmax(logits, sp_h, num_sp)
-        pooled = f2d.new_zeros(num_sp, f2d.shape[1]).index_add_(0, sp_h, f2d * weight[:, None])  # S_bar_2d
+        pooled = scatter_weighted_mean(f2d, weight, sp_h, num_sp)  # S_bar_2d
         has_sp = torch.bincount(sp_h, minlength=num_sp) > 0
         points = has_sp[sp]
         return (cosine_distance(sem[points], pooled[sp[points]])
