@@ -1,7 +1,8 @@
 """Mosaic3D's instance decoder (Sec. 4.2): a Mask3D-style transformer with non-parametric queries.
 
-Queries are the positional encodings of Q points sampled from the scene by farthest point sampling, with zero
-content (Mask3D's ``non_parametric_queries``). Each layer: cross-attention of the queries to the point features
+Queries are the positional encodings of Q points sampled from the scene by farthest point sampling (Mask3D's
+``non_parametric_queries``), their content the projected encoder features of those points plus the same encodings
+(Mask3D's ``use_np_features``; zero content learnt several times slower in short runs). Each layer: cross-attention of the queries to the point features
 (plus the points' positional encodings), self-attention among the queries, an FFN. Outputs per query after every layer (the loss supervises all of them, as Mask3D's): objectness
 o = Linear(Z_mask) (Q, 2), mask logits Z_mask Z'^T (Q, N) (S_pred = sigmoid of them, Eq. 6) and an embedding in
 the text space (Eq. 7's Z_mask).
@@ -99,8 +100,9 @@ class InstanceDecoder(nn.Module):
         points = self.point_proj(features)
         stride = max(1, math.ceil(len(coord) / self.cfg.attention_points))
         keys, key_pos = points[::stride][None], pos[::stride][None]
-        q_pos = pos[farthest_points(coord.float(), self.cfg.queries)][None]
-        q = torch.zeros_like(q_pos)
+        sampled = farthest_points(coord.float(), self.cfg.queries)
+        q_pos = pos[sampled][None]
+        q = (points[sampled] + pos[sampled])[None]
         mask_feats = self.mask_features(torch.cat([points, pos], dim=1))
         outputs = []
         for layer in self.layers:
