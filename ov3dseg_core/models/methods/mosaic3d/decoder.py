@@ -2,10 +2,11 @@
 
 Queries are the positional encodings of Q points sampled from the scene by farthest point sampling (Mask3D's
 ``non_parametric_queries``), their content the projected encoder features of those points plus the same encodings
-(Mask3D's ``use_np_features``; zero content learnt several times slower in short runs). Each layer: cross-attention of the queries to the point features
-(plus the points' positional encodings), self-attention among the queries, an FFN. Outputs per query after every layer (the loss supervises all of them, as Mask3D's): objectness
-o = Linear(Z_mask) (Q, 2), mask logits Z_mask Z'^T (Q, N) (S_pred = sigmoid of them, Eq. 6) and an embedding in
-the text space (Eq. 7's Z_mask).
+(Mask3D's ``use_np_features``; zero content learnt several times slower in short runs). Each layer:
+cross-attention of the queries to the point features (plus the points' positional encodings), self-attention
+among the queries, an FFN. Outputs per query after every layer (the loss supervises all of them, as Mask3D's):
+objectness o = Linear(Z_mask) (Q, 2), mask logits Z_mask Z'^T (Q, N) (S_pred = sigmoid of them, Eq. 6) and an
+embedding in the text space (Eq. 7's Z_mask).
 
 Deviation, stated: Eq. 6 writes S_pred = sigmoid(Z_mask Z^T) with Z the encoder's features. The encoder here is
 frozen and its unit features are semantic only (two chairs get the same feature), so the masks are taken against

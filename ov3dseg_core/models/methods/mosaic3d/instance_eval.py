@@ -6,7 +6,8 @@ instances are the voxels' majority instance ids, with the majority class of thei
 classes (wall, floor, ceiling) are left out of both sides, as ScanNet's instance benchmark does. Per class,
 predictions are sorted by score and greedily matched to unmatched ground truth at an IoU threshold; AP is the
 area under the interpolated precision-recall curve. mAP averages over IoU 0.50:0.95:0.05, AP50 / AP25 at 0.5 /
-0.25, over the classes present in the ground truth; base / novel split the classes by the split.
+0.25, over the classes present in the ground truth; base / novel split the classes by the split; agnostic_AP50 /
+_AP25 score the thing masks without their labels (the decoder's segmentation alone).
 """
 from __future__ import annotations
 
@@ -68,11 +69,11 @@ def scene_instances(scene: FusedScene, classes: Sequence[str]) -> tuple[np.ndarr
 
 def evaluate_instances(model: Mosaic3D, text: torch.Tensor, classes: Sequence[str], scenes: Sequence[FusedScene],
                        split: Split | None = None, score_threshold: float = 0.05) -> dict:
-    """mAP, AP50, AP25 (all / base / novel classes), per-class AP50 and seconds per scene of the decoder's objects
-    on ``scenes``; text (C, D) the unit embeddings of ``classes``."""
+    """mAP, AP50, AP25 (all / base / novel classes), class-agnostic AP50 / AP25, per-class AP50 and seconds per
+    scene of the decoder's objects on ``scenes``; text (C, D) the unit embeddings of ``classes``."""
     things = [i for i, c in enumerate(classes) if c not in STUFF]
-    records = {c: [] for c in things}  # per class: (scores, iou (P, G)) per scene
-    num_gt = dict.fromkeys(things, 0)
+    records = {c: [] for c in things + [-1]}  # per class (-1: class-agnostic): (scores, iou (P, G)) per scene
+    num_gt = dict.fromkeys(things + [-1], 0)
     seconds = []
     for scene in scenes:
         t0 = time.perf_counter()
@@ -81,14 +82,16 @@ def evaluate_instances(model: Mosaic3D, text: torch.Tensor, classes: Sequence[st
         label = (objects.embeddings @ text.to(objects.embeddings).t()).argmax(1).cpu().numpy()
         pred, scores = objects.masks.cpu().numpy(), objects.scores.cpu().numpy()
         gt, gt_cls = scene_instances(scene, classes)
-        for c in things:
-            num_gt[c] += int((gt_cls == c).sum())
-            records[c].append((scores[label == c], mask_iou(pred[label == c], gt[gt_cls == c])))
+        is_thing = np.isin(label, things)
+        for c in things + [-1]:
+            pick, truth = (label == c, gt_cls == c) if c >= 0 else (is_thing, np.ones(len(gt), bool))
+            num_gt[c] += int(truth.sum())
+            records[c].append((scores[pick], mask_iou(pred[pick], gt[truth])))
     table = {}
     for thr in IOU_THRESHOLDS.tolist() + [0.25]:
         table[thr] = {c: average_precision(np.concatenate([s for s, _ in records[c]]),
                                            np.concatenate([greedy_match(i, s, thr) for s, i in records[c]]),
-                                           num_gt[c]) for c in things}
+                                           num_gt[c]) for c in things + [-1]}
 
     def mean(thresholds, names=None) -> float:
         values = [table[t][c] for t in thresholds for c in things
@@ -96,6 +99,7 @@ def evaluate_instances(model: Mosaic3D, text: torch.Tensor, classes: Sequence[st
         return float(np.mean(values)) if values else float("nan")
 
     out = {"mAP": mean(IOU_THRESHOLDS.tolist()), "AP50": mean([0.5]), "AP25": mean([0.25]),
+           "agnostic_AP50": table[0.5][-1], "agnostic_AP25": table[0.25][-1],
            "per_class_AP50": {classes[c]: table[0.5][c] for c in things if num_gt[c]},
            "seconds_per_scene": float(np.mean(seconds)) if seconds else float("nan")}
     if split is not None:
