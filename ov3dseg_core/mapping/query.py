@@ -233,8 +233,8 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
             hardest = np.full(len(query_cosine), np.inf, np.float32)
             hardest[candidates] = voxel_map.query_similarity(table[0], table[1:], candidates)[1]
         score, matches = decide(query_cosine, hardest, calibration, threshold)
-        return _answer(voxel_map, score, matches, calibration.threshold_for(threshold), top_k, min_voxels,
-                       default_label=label)
+        chosen = _MatchedVoxels.of(voxel_map, matches)  # only the snapshot holds the lock, as in query_labels
+    return chosen.result(score, calibration.threshold_for(threshold), top_k, min_voxels, default_label=label)
 
 
 def query_labels(voxel_map: VoxelMap, query_embedding, negative_embeddings, label_embeddings,
@@ -295,14 +295,6 @@ class _MatchedVoxels:
         members = chosen[kept]
         return QueryResult(members, score[members], self.positions[kept], objects, threshold,
                            float(score.max(initial=0.0)))
-
-
-def _answer(voxel_map: VoxelMap, score: np.ndarray, matches: np.ndarray, threshold: float, top_k: int,
-            min_voxels: int, labels: np.ndarray | None = None, label_names: Sequence[str] | None = None,
-            default_label: str = "") -> QueryResult:
-    """The QueryResult of a decision (score, matches: (M,) over the map's voxels); call with the map's lock held."""
-    return _MatchedVoxels.of(voxel_map, matches).result(score, threshold, top_k, min_voxels, labels, label_names,
-                                                       default_label)
 
 
 def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequence[str] | None = None,
