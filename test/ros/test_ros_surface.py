@@ -145,6 +145,7 @@ def test_vocabulary_and_text_services_with_a_model(ros_context, tiny_model):
     mapper = graph.mapper
     segmenter = mapper.semantic.segmenter
     try:
+        mapper.text_encoder(timeout_s=120.0)  # loads in the background; until then the services say "try again"
         rig.wait_connected()
         rig.publish_tf(S)
         color, depth, _ = wall_images()
