@@ -197,14 +197,7 @@ class MapWindowDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng((self.seed, self.epoch, index))
         scene = self.scenes[index // self.cfg.samples_per_scene]
-        select = self._window(scene, rng)
-        positions = scene.positions[select]
-        points, feats = self._augment(positions, scene.colors[select], rng)
-        keys = voxel_indices(points, self.cfg.voxel_size)
-        order = rng.permutation(len(keys))  # one random voxel wins where augmentation merges two
-        _, first = np.unique(pack_keys(keys[order]), return_index=True)
-        keep = np.sort(order[first])
-        select, points, feats, keys = select[keep], points[keep], feats[keep], keys[keep]
+        select, points, feats, keys = self._sample(scene, rng)
         region_point, region_id, texts, view_text = self._captions(scene, select, rng)
         embeddings = self.embed_text(texts + [view_text]).float()
         return {
@@ -217,6 +210,18 @@ class MapWindowDataset(Dataset):
             "mask_target": embeddings[:-1],
             "view_target": embeddings[-1],
         }
+
+    def _sample(self, scene: FusedScene, rng: np.random.Generator):
+        """One augmented window of ``scene``: voxel rows ``select`` (W,) into the scene, augmented points (W, 3)
+        metres, input features (W, 4) and voxel indices (W, 3) of the augmented points, one voxel per index (a
+        random one wins where augmentation merges two)."""
+        select = self._window(scene, rng)
+        points, feats = self._augment(scene.positions[select], scene.colors[select], rng)
+        keys = voxel_indices(points, self.cfg.voxel_size)
+        order = rng.permutation(len(keys))
+        _, first = np.unique(pack_keys(keys[order]), return_index=True)
+        keep = np.sort(order[first])
+        return select[keep], points[keep], feats[keep], keys[keep]
 
     def _window(self, scene: FusedScene, rng: np.random.Generator) -> np.ndarray:
         """(K,) indices of the window's voxels: whole room, or within a random radius of a camera position."""

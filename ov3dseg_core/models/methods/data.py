@@ -27,7 +27,6 @@ import torch
 
 from ov3dseg_core.atomic_write import atomic_path
 from ov3dseg_core.data.frames import Scene
-from ov3dseg_core.eval.matching import pack_keys, voxel_indices
 from ov3dseg_core.models.methods.base import TeacherConfig
 from ov3dseg_core.models.multiview import fuse_multiview
 from ov3dseg_core.models.superpoints import voxel_superpoints
@@ -109,13 +108,7 @@ class DistillWindowDataset(MapWindowDataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         s = index // self.cfg.samples_per_scene
         scene = self.scenes[s]
-        select = self._window(scene, rng)
-        points, feats = self._augment(scene.positions[select], scene.colors[select], rng)
-        keys = voxel_indices(points, self.cfg.voxel_size)
-        order = rng.permutation(len(keys))  # one random voxel wins where augmentation merges two
-        _, first = np.unique(pack_keys(keys[order]), return_index=True)
-        keep = np.sort(order[first])
-        select, points, feats, keys = select[keep], points[keep], feats[keep], keys[keep]
+        select, points, feats, keys = self._sample(scene, rng)
         rows = torch.from_numpy(select)
         _, superpoint = np.unique(self.superpoints[s][select], return_inverse=True)
         proposal = self.proposals[s][select]

@@ -18,7 +18,6 @@ import torch
 from tqdm import tqdm
 
 from ov3dseg_core.config import to_dict
-from ov3dseg_core.eval.matching import pack_keys, voxel_indices
 from ov3dseg_core.models.methods.base import method_config
 from ov3dseg_core.models.methods.mosaic3d.data_engine import dataset_statistics, format_statistics, scene_dataset
 from ov3dseg_core.models.methods.mosaic3d.model import Mosaic3D, Mosaic3DConfig
@@ -58,13 +57,7 @@ class MaskCaptionWindowDataset(MapWindowDataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         s = index // self.cfg.samples_per_scene
         scene, data = self.scenes[s], self.data[s]
-        select = self._window(scene, rng)
-        points, feats = self._augment(scene.positions[select], scene.colors[select], rng)
-        keys = voxel_indices(points, self.cfg.voxel_size)
-        order = rng.permutation(len(keys))  # one random voxel wins where augmentation merges two
-        _, first = np.unique(pack_keys(keys[order]), return_index=True)
-        keep = np.sort(order[first])
-        select, points, feats, keys = select[keep], points[keep], feats[keep], keys[keep]
+        select, points, feats, keys = self._sample(scene, rng)
         local_of = np.full(len(scene.keys), -1, dtype=np.int64)
         local_of[select] = np.arange(len(select))
         mask_point, mask_id, kept = window_masks(data["mask_point"], data["mask_id"], local_of,
