@@ -97,9 +97,14 @@ def select_window(positions: np.ndarray, center: np.ndarray | None, radius: floa
 
 
 class SemanticStage:
-    """Common interface: ``kind``, ``feature_dim``, ``offer_frame``, ``update``, ``embed``, ``classify``."""
+    """Common interface: ``kind``, ``feature_dim``, ``offer_frame``, ``update``, ``embed``, ``classify``, and the
+    text space: ``text_encoder`` (bare-name encoder: ``name``, ``dim``, ``encode``), ``template`` (the prompt
+    template ``embed`` applies) and ``vocabulary`` (the class names that label the map by default)."""
 
     kind: str = ""
+    text_encoder = None
+    template: str = "{}"
+    vocabulary: list[str] = []
 
     @property
     def feature_dim(self) -> int:
@@ -130,6 +135,8 @@ class MapStage(SemanticStage):
 
     def __init__(self, segmenter):
         self.segmenter = segmenter
+        self.text_encoder, self.template = segmenter.text_encoder, segmenter.template
+        self.vocabulary = segmenter.vocabulary
 
     @property
     def feature_dim(self) -> int:
@@ -159,6 +166,8 @@ class XMask3DStage(SemanticStage):
                  device: str | torch.device = "cpu", max_window_voxels: int = 100_000):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.text_encoder, self.template = model.text_encoder, model.cfg.prompt_template
+        self.vocabulary = [*model.base_classes, *model.novel_classes]
         self.policy = policy or KeyFramePolicy()
         self.image_size = None if image_size is None else tuple(image_size)
         self.max_window_voxels = max_window_voxels
