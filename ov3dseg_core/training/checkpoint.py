@@ -12,16 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ov3dseg_core.atomic_write import atomic_path
+from ov3dseg_core.safetensors_file import CheckpointError, read_format_metadata
 
 FORMAT = "ov3dseg-checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, corrupt or not an ov3dseg checkpoint."""
 
 
 @dataclass
@@ -51,16 +48,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The decoded metadata of a checkpoint without loading its tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from exc
-    if meta.get("ov3dseg_format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} has format {meta.get('ov3dseg_format')!r}, expected {FORMAT!r}")
+    meta = read_format_metadata(path, FORMAT)
     return {
         "config": json.loads(meta["config"]),
         "vocabulary": json.loads(meta["vocabulary"]),

@@ -28,14 +28,11 @@ from torch import nn
 
 from ov3dseg_core.models.backbones import tensor_pickle
 from ov3dseg_core.models.backbones.layouts import out_in_pointwise_to_spconv, pointwise_weight_keys
+from ov3dseg_core.safetensors_file import CheckpointError
 
 POINTWISE_LAYOUTS = ("in_out", "out_in")
 PPT_KEYS = ("embedding_table.weight",)
 """Model keys that PPT checkpoints keep beside the backbone (``<wrapper>.embedding_table.weight``)."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or holds no SpUNet weights."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ from ov3dseg_core.models.backbones.layouts import minkowski_to_spconv
 from ov3dseg_core.models.backbones import minkunet  # noqa: F401  (registers the MinkUNet backbones)
 from ov3dseg_core.models.backbones.spunet import MOSAIC3D_CONDITION_SETS
 from ov3dseg_core.registry import REGISTRY
+from ov3dseg_core.safetensors_file import read_format_metadata
 
 CONVERTED_FORMAT = "ov3dseg-converted-weights/1"
 BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -280,20 +281,10 @@ def save_converted(path: str | Path, weights: ConvertedWeights) -> Path:
 
 def load_converted(path: str | Path) -> ConvertedWeights:
     """Read a file written by ``save_converted``; CheckpointError when it is missing or another format."""
-    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"converted weights {path} do not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
-    if metadata.get("ov3dseg_format") != CONVERTED_FORMAT:
-        raise CheckpointError(f"{path} has format {metadata.get('ov3dseg_format')!r}, expected {CONVERTED_FORMAT!r} "
-                              "(write it with `ov3dseg convert-checkpoint`)")
+    metadata = read_format_metadata(path, CONVERTED_FORMAT, "converted weights",
+                                    " (write it with `ov3dseg convert-checkpoint`)")
     data = json.loads(metadata["report"])
     report = ConversionReport(
         **{**data, "parts": [ConvertedPart(**p) for p in data["parts"]],
