@@ -5,7 +5,8 @@ ov3dseg_ros.executors.NodeSpinner): /tf, the sensors, /query (several threads), 
 and the output timers never wait for each other, and none depends on rclpy's MultiThreadedExecutor. Sensor
 callbacks only file messages (stamp matching, a bounded TF-gated queue); one worker thread decodes, looks up
 map <- sensor and integrates each frame through a list of stages (``add_frame_stage``); the model runs in a thread
-of its own (SemanticStage), so integration never waits for it. Every callback is fail-safe: an exception is
+of its own (SemanticStage: a 3D model, or XMask3D with its 2D branch on key frames), so integration never waits
+for it. Every callback is fail-safe: an exception is
 logged, counted (``callback_errors``) and a service answers success false.
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ov3dseg_core.atomic_write import remove_stale_temps
 from ov3dseg_core.mapping.map_file import MapFileError, is_map_file, load_map
 from ov3dseg_core.mapping.voxel_map import VoxelMap, VoxelMapConfig
 from ov3dseg_core.models.map_segmenter import resolve_checkpoint
+from ov3dseg_core.models.semantic_stage import load_semantic_stage
 from ov3dseg_core.msgs import MessageFormatError
 from ov3dseg_core.msgs.image import image_to_numpy
 from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_xyz
@@ -55,7 +57,7 @@ from ov3dseg_ros.input_diagnostics import InputMonitor
 from ov3dseg_ros.msg import MapStatus
 from ov3dseg_ros.params import NODE_NAME, MapperConfig, ParameterError, declare_config, on_set_parameters
 from ov3dseg_ros.srv import EncodeText, LoadMap, Query, SaveMap, SetVocabulary
-from ov3dseg_ros.semantic_stage import SemanticStage, load_segmenter
+from ov3dseg_ros.semantic_stage import SemanticStage
 from ov3dseg_ros.stamp_sync import StampSynchronizer
 from ov3dseg_ros.tf_listener import TfListener
 from ov3dseg_ros.timing import StageTimings
@@ -103,16 +105,16 @@ class MappingNode(Node):
         """Threshold and floor of the /query decision: the model checkpoint's, else built in (README, /query)."""
         if cfg.model:
             try:
-                segmenter = load_segmenter(cfg.model, cfg.device)
+                model = load_semantic_stage(cfg.model, device=cfg.device, policy=cfg.keyframe_policy())
                 self.query_calibration = read_calibration(resolve_checkpoint(cfg.model))
             except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: weights of another architecture
                 super().destroy_node()
                 raise ParameterError(f"{NODE_NAME}: parameter 'model': {exc}") from None
-            if cfg.feature_dim not in (0, segmenter.feature_dim):
+            if cfg.feature_dim not in (0, model.feature_dim):
                 super().destroy_node()
                 raise ParameterError(f"{NODE_NAME}: feature_dim {cfg.feature_dim} does not match model "
-                                     f"{cfg.model!r} ({segmenter.feature_dim}-d features); leave it 0")
-            self.semantic = SemanticStage(segmenter, cfg.model_rate_hz, cfg.model_window_radius,
+                                     f"{cfg.model!r} ({model.feature_dim}-d features); leave it 0")
+            self.semantic = SemanticStage(model, cfg.model_rate_hz, cfg.model_window_radius,
                                           on_error=self._on_model_error, threads=cfg.threads)
         self.voxel_map = self._initial_map(cfg)
         self.timings = StageTimings()
@@ -258,7 +260,7 @@ class MappingNode(Node):
 
     def _initial_map(self, cfg: MapperConfig) -> VoxelMap:
         """An empty map from the parameters, or the ``initial_map`` file (which must match them)."""
-        feature_dim = self.semantic.segmenter.feature_dim if self.semantic is not None else cfg.feature_dim
+        feature_dim = self.semantic.model.feature_dim if self.semantic is not None else cfg.feature_dim
         config = VoxelMapConfig(voxel_size=cfg.voxel_size, num_labels=len(cfg.label_names),
                                 feature_dim=feature_dim, max_voxels=cfg.max_voxels,
                                 clearing_radius=cfg.clearing_radius, device=cfg.device)
@@ -320,7 +322,7 @@ class MappingNode(Node):
             from ov3dseg_core.models.text import apply_template, build_text_encoder
             start = time.perf_counter()
             if self.semantic is not None:  # queries live in the model's text space, with its prompt template
-                encoder, embed = self.semantic.segmenter.text_encoder, self.semantic.segmenter.embed
+                encoder, embed = self.semantic.model.text_encoder, self.semantic.model.embed
             else:
                 encoder = build_text_encoder({"type": self.config.text_encoder, "device": self.config.device})
                 template = self.config.label_template
@@ -556,8 +558,8 @@ class MappingNode(Node):
             if self.semantic is None:
                 return (positions, colors, *voxel_map.labels())
             features, has_features = voxel_map.features(), voxel_map.feature_weights() > 0
-        segmenter = self.semantic.segmenter
-        labels, scores = segmenter.classify(features, self.config.vocabulary or segmenter.vocabulary)
+        model = self.semantic.model
+        labels, scores = model.classify(features, self.config.vocabulary or model.vocabulary)
         return positions, colors, np.where(has_features, labels, -1), np.where(has_features, scores, 0.0)
 
     def _publish_cloud(self) -> None:
@@ -600,7 +602,8 @@ class MappingNode(Node):
         values.update({f"dropped {r}": self.counters[f"dropped_{r}"] for r in DROP_REASONS})
         if self.semantic is not None:
             values.update({"model passes": self.semantic.passes, "model windows superseded": self.semantic.superseded,
-                           "model errors": self.counters["model_errors"]})
+                           "model errors": self.counters["model_errors"],
+                           **{f"model {b} branch runs": n for b, n in self.semantic.branch_passes.items()}})
         for stage, s in self.timings.summary().items():
             values[f"{stage} ms (mean/p95)"] = f"{s['mean_ms']:.2f}/{s['p95_ms']:.2f}"
         full = status.queue_depth >= self.queue.maxsize  # (levels are bytes: b"\x00" is truthy)
@@ -640,7 +643,7 @@ class MappingNode(Node):
             if voxel_map.config.feature_dim != encoder.dim:
                 return False, (f"map features are {voxel_map.config.feature_dim}-d but text encoder "
                                f"{encoder.name!r} gives {encoder.dim}-d embeddings")
-            vocabulary = cfg.vocabulary or (self.semantic.segmenter.vocabulary if self.semantic else cfg.label_names)
+            vocabulary = cfg.vocabulary or (self.semantic.model.vocabulary if self.semantic else cfg.label_names)
             query, negatives = query_embeddings(text, vocabulary, embed, encoder.encode)
             result = query_features(voxel_map, query, negatives, self.query_calibration, threshold, top_k,
                                     min_voxels, label=text)
@@ -683,7 +686,7 @@ class MappingNode(Node):
             return response
         embeddings = embed(texts).detach().cpu().numpy().astype(np.float32)
         response.encoder, response.dim = encoder.name, embeddings.shape[1]
-        response.prompt_template = self.semantic.segmenter.template if self.semantic else self.config.label_template
+        response.prompt_template = self.semantic.model.template if self.semantic else self.config.label_template
         response.embeddings = embeddings.reshape(-1).tolist()
         response.success, response.message = True, f"{len(texts)} x {embeddings.shape[1]} embeddings ({encoder.name})"
         return response
@@ -700,7 +703,7 @@ class MappingNode(Node):
             response.success, response.message = False, f"vocabulary name: {exc}"
             return response
         result = self.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names)])[0]
-        response.names = self.config.vocabulary or self.semantic.segmenter.vocabulary
+        response.names = self.config.vocabulary or self.semantic.model.vocabulary
         response.success = result.successful
         response.message = (f"{len(response.names)} names label the semantic cloud" if result.successful
                             else result.reason)

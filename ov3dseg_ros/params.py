@@ -20,6 +20,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.validate_full_topic_name import validate_full_topic_name
 
 from ov3dseg_core.mapping.query import DEFAULT_MIN_VOXELS, MAX_OBJECTS
+from ov3dseg_core.models.semantic_stage import KeyFramePolicy
 from ov3dseg_ros.input_diagnostics import InputLimits
 
 NODE_NAME = "ov3dseg_mapper"
@@ -131,12 +132,23 @@ class MapperConfig:
     label_template: str = _p("{}", "prompt template for label names and query text, e.g. 'a {} in a scene'",
                              constraints="contains {} once")
     model: str = _p("", "open-vocabulary model run over the local map window, writing per-voxel features: "
-                    "'default' (the embedded default), a checkpoint path (.safetensors), or empty (none); its text "
-                    "encoder and prompt template then answer /query and its feature size sets feature_dim")
+                    "'default' (the embedded default), a checkpoint path (.safetensors; 3D models, or XMask3D whose "
+                    "2D branch runs on key frames), or empty (none); its text encoder and prompt template then "
+                    "answer /query and its feature size sets feature_dim")
     model_rate_hz: float = _p(1.0, "model passes over the local window per second of source time; 0 = after every "
                               "frame", lo=0.0, hi=100.0)
     model_window_radius: float = _p(4.0, "radius of the local window around the camera that a model pass covers, "
                                     "metres", lo=0.1, hi=1000.0)
+    keyframe_min_translation: float = _p(
+        0.5, "2D+3D models (XMask3D): a frame becomes a key frame for the 2D branch when the camera moved this far "
+        "since the last key frame, metres (the first frame always is; 0 = every frame)", lo=0.0, hi=100.0)
+    keyframe_min_rotation: float = _p(30.0, "2D+3D models: a frame also becomes a key frame when the "
+                                      "camera turned this much since the last key frame, degrees", lo=0.0, hi=180.0)
+    keyframe_max_interval_s: float = _p(5.0, "2D+3D models: a frame also becomes a key frame when this much "
+                                        "source time passed since the last key frame, seconds; 0 = never by time",
+                                        lo=0.0, hi=3600.0)
+    keyframe_max_pending: int = _p(2, "2D+3D models: key frames waiting for the next model pass (each one is a 2D "
+                                   "branch run; beyond it the oldest is dropped)", lo=1, hi=64)
     vocabulary: list[str] = _p([], "class names that label the semantic cloud from per-voxel features and that a "
                                "/query on features must beat (empty: the model's training vocabulary); also set by "
                                "~/set_vocabulary", constraints="unique, non-empty names", read_only=False)
@@ -212,6 +224,11 @@ class MapperConfig:
         """Thresholds of the per-input diagnostics (the diag_* parameters)."""
         return InputLimits(self.diag_min_rate_hz, self.diag_max_rate_hz, self.diag_rate_tolerance,
                            self.diag_window_s, self.diag_delay_warn_s, self.diag_delay_error_s)
+
+    def keyframe_policy(self) -> KeyFramePolicy:
+        """When a frame becomes a key frame of a 2D+3D model (the keyframe_* parameters)."""
+        return KeyFramePolicy(self.keyframe_min_translation, self.keyframe_min_rotation,
+                              self.keyframe_max_interval_s, self.keyframe_max_pending)
 
     def topic(self, camera: str, stream: str) -> str:
         """Input topic of one camera: stream is 'color', 'depth', 'camera_info' or 'semantic'."""

@@ -1,10 +1,13 @@
 """The model stage of the mapping node: an open-vocabulary model over the local map window, off the geometry path.
 
-The worker calls the stage after integrating each RGB-D frame; a frame whose source time is at least
-1 / model_rate_hz after the previous pass (source time keeps bag replays deterministic) hands its window (the
-camera position) to the stage's own thread through a one-slot hand-off: the newest window wins, an older one still
-waiting is superseded (counted). The thread runs the model over the voxels within model_window_radius of that
-position and fuses the features into the map's float16 feature layer (ov3dseg_core.models.map_segmenter), so
+The model is an ``ov3dseg_core.models.semantic_stage.SemanticStage`` (``load_semantic_stage``): the 3D kind (the
+default, SAS, GeoGuide, Mosaic3D checkpoints) or the 2D+3D kind (XMask3D checkpoints). The worker calls this stage
+after integrating each RGB-D frame. Every posed frame is offered to the model as a key-frame candidate (a pose
+comparison and a reference kept; the 3D kind ignores it). A frame whose source time is at least 1 / model_rate_hz
+after the previous pass (source time keeps bag replays deterministic) hands its window (the camera position) to
+the stage's own thread through a one-slot hand-off: the newest window wins, an older one still waiting is
+superseded (counted). The thread runs the model over the voxels within model_window_radius of that position (the
+2D branch on the key frames waiting, if any) and fuses the features into the map's float16 feature layer, so
 integration never waits for the model. ``synchronous`` runs passes in the caller instead (a deterministic replay).
 """
 from __future__ import annotations
@@ -17,24 +20,20 @@ import torch
 
 from ov3dseg_core.data.frames import RGBDFrame
 from ov3dseg_core.mapping.voxel_map import VoxelMap
-from ov3dseg_core.models.map_segmenter import MapSegmenter
-
-
-def load_segmenter(model: str, device: str) -> MapSegmenter:
-    """Parameter ``model`` ('default' or a checkpoint path) -> MapSegmenter; FileNotFoundError naming the path."""
-    return MapSegmenter.from_checkpoint(model, device=device)
+from ov3dseg_core.models.semantic_stage import SemanticStage as ModelStage
 
 
 class SemanticStage:
-    """Frame stage ``stage(frame, voxel_map)``; counts its passes, the voxels they covered and superseded windows.
+    """Frame stage ``stage(frame, voxel_map)`` running ``model``; counts its passes, the voxels they covered, the
+    model's branch runs (``branch_passes``: {"2d": key frames used, "3d": 3D-branch runs}) and superseded windows.
 
     ``on_error(exc)`` is called (in the stage's thread) when a pass raises; the stage goes on with the next one.
     ``threads``: torch intra-op threads of the stage's thread.
     """
 
-    def __init__(self, segmenter: MapSegmenter, rate_hz: float, radius: float, *, synchronous: bool = False,
+    def __init__(self, model: ModelStage, rate_hz: float, radius: float, *, synchronous: bool = False,
                  on_error: Callable[[Exception], None] | None = None, threads: int = 1):
-        self.segmenter = segmenter
+        self.model = model
         self.period_ns = int(1e9 / rate_hz) if rate_hz > 0 else 0
         self.radius = radius
         self.synchronous = synchronous
@@ -42,6 +41,7 @@ class SemanticStage:
         self.passes = 0
         self.voxels = 0
         self.superseded = 0
+        self.branch_passes = {"2d": 0, "3d": 0}
         self._on_error = on_error
         self._threads = threads
         self._pending: tuple[np.ndarray, VoxelMap] | None = None
@@ -52,6 +52,7 @@ class SemanticStage:
         self._thread.start()
 
     def __call__(self, frame: RGBDFrame, voxel_map: VoxelMap) -> None:
+        self.model.offer_frame(frame)
         if self.last_stamp_ns is not None and 0 <= frame.stamp_ns - self.last_stamp_ns < self.period_ns:
             return
         self.last_stamp_ns = frame.stamp_ns
@@ -97,7 +98,7 @@ class SemanticStage:
     def _update(self, center: np.ndarray, voxel_map: VoxelMap) -> None:
         """One model pass over the window around ``center`` (3,) metres, map frame; errors go to on_error."""
         try:
-            result = self.segmenter.update(voxel_map, center=center, radius=self.radius)
+            result = self.model.update(voxel_map, center=center, radius=self.radius)
         except Exception as exc:
             if self._on_error is None:
                 raise
@@ -105,3 +106,5 @@ class SemanticStage:
             return
         self.passes += 1
         self.voxels += result.num_voxels
+        for branch, runs in result.passes.items():
+            self.branch_passes[branch] += runs

@@ -143,7 +143,7 @@ def tiny_model(tmp_path_factory) -> str:
 def test_vocabulary_and_text_services_with_a_model(ros_context, tiny_model):
     graph, rig = start_graph(ros_context, {"model": tiny_model, "model_rate_hz": 0.0})
     mapper = graph.mapper
-    segmenter = mapper.semantic.segmenter
+    segmenter = mapper.semantic.model
     try:
         mapper.text_encoder(timeout_s=120.0)  # loads in the background; until then the services say "try again"
         rig.wait_connected()

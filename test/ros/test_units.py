@@ -147,20 +147,23 @@ def test_stage_timings_summarise_exactly():
 
 
 class SlowSegmenter:
-    """A MapSegmenter stand-in: each update takes ``seconds`` and records the window centre; 'fail' raises."""
+    """A model stage stand-in: each update takes ``seconds`` and records the window centre; 'fail' raises."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.centers: list[tuple[float, ...]] = []
 
+    def offer_frame(self, frame) -> bool:
+        return False
+
     def update(self, voxel_map, center, radius):
         import time
-        from types import SimpleNamespace
+        from ov3dseg_core.models.semantic_stage import StageResult
         time.sleep(self.seconds)
         if center[0] < 0:
             raise RuntimeError("model failed")
         self.centers.append(tuple(center))
-        return SimpleNamespace(num_voxels=7)
+        return StageResult(num_voxels=7, seconds=self.seconds, passes={"2d": 0, "3d": 1})
 
 
 def posed_frame(x: float, stamp_ns: int):
@@ -186,6 +189,7 @@ def test_the_model_stage_runs_off_the_geometry_path_and_the_newest_window_wins()
         assert stage.wait_idle(10.0)
         assert segmenter.centers[-1][0] == 5.0 and stage.passes == len(segmenter.centers) < 6
         assert stage.superseded == 6 - stage.passes and stage.voxels == 7 * stage.passes
+        assert stage.branch_passes == {"2d": 0, "3d": stage.passes}
         stage(posed_frame(-1.0, 10), None)  # a failing pass is reported, the stage goes on
         assert stage.wait_idle(10.0) and len(errors) == 1
         stage.synchronous = True  # a deterministic replay: each pass in the caller
