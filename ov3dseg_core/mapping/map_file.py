@@ -1,10 +1,12 @@
 """Voxel map files: atomic safetensors save/load with a checksum, and binary PLY export.
 
-Map file: one safetensors file holding the per-voxel arrays of ``VoxelMap.state()`` (ascending key order) and
-string metadata: ``format`` (FORMAT_NAME), ``version``, ``voxel_size`` (metres), ``num_labels``, ``feature_dim``,
-``num_voxels``, ``tick``, ``label_names`` (JSON list or "null") and ``checksum`` (CRC-32 of the array bytes in
-STATE_FIELDS order). Files are written to a temporary file in the target directory, fsynced and renamed over the
-target, so a crash mid-save leaves the previous file intact.
+Map file: one safetensors file holding the arrays of ``VoxelMap.state()`` (per voxel in ascending key order:
+STATE_FIELDS and the instance ids; the instance table: INSTANCE_FIELDS) and string metadata: ``format``
+(FORMAT_NAME), ``version``, ``voxel_size`` (metres), ``num_labels``, ``feature_dim``, ``num_voxels``,
+``num_instances``, ``tick``, ``label_names`` (JSON list or "null") and ``checksum`` (CRC-32 of the array bytes
+in ``array_names`` order). Version 1 files (before the instance layer: no instance arrays, no ``num_instances``)
+are read as maps without instances. Files are written to a temporary file in the target directory, fsynced and
+renamed over the target, so a crash mid-save leaves the previous file intact.
 
 Loading trusts nothing in a file: every metadata field is parsed with its type and range, every array's dtype and
 shape are checked against the metadata from the file's header before any array is read, then the checksum, and
@@ -22,10 +24,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ov3dseg_core.atomic_write import atomic_path
-from ov3dseg_core.mapping.voxel_map import STATE_FIELDS, VoxelMap, VoxelMapConfig
+from ov3dseg_core.mapping.voxel_map import INSTANCE_FIELDS, STATE_FIELDS, VoxelMap, VoxelMapConfig
 
 FORMAT_NAME = "ov3dseg.voxel_map"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = ("1", "2")
+"""Versions ``load_map`` reads (1: without the instance layer)."""
 
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
                       ("label", "<i4"), ("score", "<f4")])
@@ -51,7 +55,7 @@ def save_map(voxel_map: VoxelMap, path: str | Path) -> None:
     """Write ``voxel_map`` to ``path`` (one safetensors file, atomically)."""
     state = voxel_map.state()
     tick = int(state.pop("tick"))
-    tensors = {name: state[name].contiguous() for name in STATE_FIELDS}  # (a copy, taken under the map's lock)
+    tensors = {name: state[name].contiguous() for name in array_names(FORMAT_VERSION)}  # copies under the map's lock
     cfg = voxel_map.config
     metadata = {
         "format": FORMAT_NAME,
@@ -60,6 +64,7 @@ def save_map(voxel_map: VoxelMap, path: str | Path) -> None:
         "num_labels": str(cfg.num_labels),
         "feature_dim": str(cfg.feature_dim),
         "num_voxels": str(int(tensors["keys"].shape[0])),
+        "num_instances": str(int(tensors["instance_score"].shape[0])),
         "tick": str(tick),
         "label_names": json.dumps(voxel_map.label_names),
         "checksum": _checksum(tensors),
@@ -80,15 +85,17 @@ def load_map(path: str | Path, device: str | None = None, config: VoxelMapConfig
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            _check_format(path, meta)
-            voxel_size, num_labels, feature_dim, num_voxels, tick, label_names = _read_metadata(path, meta)
-            _check_arrays(path, f, _expected_arrays(voxel_size, num_labels, feature_dim, num_voxels))
-            tensors = {name: f.get_tensor(name) for name in STATE_FIELDS}
+            version = _check_format(path, meta)
+            voxel_size, num_labels, feature_dim, num_voxels, num_instances, tick, label_names = _read_metadata(
+                path, meta, version)
+            _check_arrays(path, f, _expected_arrays(voxel_size, num_labels, feature_dim, num_voxels, num_instances,
+                                                    version))
+            tensors = {name: f.get_tensor(name) for name in array_names(version)}
     except SafetensorError as exc:
         raise MapFileError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
-    if meta.get("checksum") != _checksum(tensors):
+    if meta.get("checksum") != _checksum(tensors, version):
         raise MapFileError(f"{path}: checksum mismatch (file corrupt): stored {meta.get('checksum')}, "
-                           f"computed {_checksum(tensors)}")
+                           f"computed {_checksum(tensors, version)}")
     if not bool(torch.isfinite(tensors["feature"]).all()):
         raise MapFileError(f"{path}: array 'feature' holds non-finite values")
     if tensors["stamp"].numel() and int(tensors["stamp"].min()) < 0:
@@ -164,33 +171,44 @@ def is_map_file(path: str | Path) -> bool:
         return False
 
 
-def _read_metadata(path: Path, meta: dict) -> tuple[float, int, int, int, int, list[str] | None]:
-    """(voxel_size, num_labels, feature_dim, num_voxels, tick, label_names) parsed strictly from the metadata."""
+def array_names(version: int | str) -> tuple[str, ...]:
+    """The arrays of a map file of ``version``, in checksum order."""
+    return STATE_FIELDS if str(version) == "1" else STATE_FIELDS + INSTANCE_FIELDS
+
+
+def _read_metadata(path: Path, meta: dict, version: str) -> tuple[float, int, int, int, int, int, list[str] | None]:
+    """(voxel_size, num_labels, feature_dim, num_voxels, num_instances, tick, label_names) parsed strictly from the
+    metadata (num_instances 0 in version 1)."""
     try:
         voxel_size = float(meta["voxel_size"])
         num_labels, feature_dim = int(meta["num_labels"]), int(meta["feature_dim"])
         num_voxels, tick = int(meta["num_voxels"]), int(meta["tick"])
+        num_instances = 0 if version == "1" else int(meta["num_instances"])
         label_names = json.loads(meta["label_names"])
     except (KeyError, ValueError, RecursionError) as exc:
         raise MapFileError(f"{path}: bad or missing metadata ({exc!r})") from None
     if not (np.isfinite(voxel_size) and voxel_size > 0):
         raise MapFileError(f"{path}: voxel_size {voxel_size!r} is not a positive number of metres")
     for name, value, high in (("num_labels", num_labels, MAX_LABELS), ("feature_dim", feature_dim, MAX_FEATURE_DIM),
-                              ("num_voxels", num_voxels, None), ("tick", tick, None)):
+                              ("num_voxels", num_voxels, None), ("num_instances", num_instances, None),
+                              ("tick", tick, None)):
         if value < 0 or (high is not None and value > high):
             raise MapFileError(f"{path}: {name} {value} outside [0, {high if high is not None else 'inf'}]")
     if label_names is not None and not (isinstance(label_names, list) and len(label_names) == num_labels
                                         and all(isinstance(n, str) for n in label_names)):
         raise MapFileError(f"{path}: label_names must be null or a list of {num_labels} strings (num_labels), got "
                            f"{str(label_names)[:200]}")
-    return voxel_size, num_labels, feature_dim, num_voxels, tick, label_names
+    return voxel_size, num_labels, feature_dim, num_voxels, num_instances, tick, label_names
 
 
-def _expected_arrays(voxel_size: float, num_labels: int, feature_dim: int, num_voxels: int,
-                     ) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """{array name: (safetensors dtype, shape)} of a map with these sizes (taken from an empty VoxelMap)."""
+def _expected_arrays(voxel_size: float, num_labels: int, feature_dim: int, num_voxels: int, num_instances: int,
+                     version: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{array name: (safetensors dtype, shape)} of a map with these sizes (taken from an empty VoxelMap): per-voxel
+    arrays have num_voxels rows, the instance table's num_instances."""
     empty = VoxelMap(VoxelMapConfig(voxel_size=voxel_size, num_labels=num_labels, feature_dim=feature_dim)).state()
-    return {name: (_TORCH_DTYPES[empty[name].dtype], (num_voxels, *empty[name].shape[1:])) for name in STATE_FIELDS}
+    rows = {name: num_instances for name in INSTANCE_FIELDS[1:]}
+    return {name: (_TORCH_DTYPES[empty[name].dtype], (rows.get(name, num_voxels), *empty[name].shape[1:]))
+            for name in array_names(version)}
 
 
 def _check_arrays(path: Path, f, expected: dict[str, tuple[str, tuple[int, ...]]]) -> None:
@@ -205,17 +223,19 @@ def _check_arrays(path: Path, f, expected: dict[str, tuple[str, tuple[int, ...]]
             raise MapFileError(f"{path}: array {name!r} is {found[0]} {found[1]}, expected {dtype} {shape}")
 
 
-def _check_format(path: Path, meta: dict) -> None:
+def _check_format(path: Path, meta: dict) -> str:
+    """The file's format version (one of READ_VERSIONS); MapFileError otherwise."""
     if meta.get("format") != FORMAT_NAME:
         raise MapFileError(f"{path}: not an ov3dseg map (format {meta.get('format')!r}, expected {FORMAT_NAME!r})")
-    if meta.get("version") != str(FORMAT_VERSION):
+    if meta.get("version") not in READ_VERSIONS:
         raise MapFileError(f"{path}: unsupported map format version {meta.get('version')!r} "
-                           f"(this build reads version {FORMAT_VERSION})")
+                           f"(this build reads versions {', '.join(READ_VERSIONS)})")
+    return meta["version"]
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """CRC-32 over the raw bytes of the arrays, in STATE_FIELDS order."""
+def _checksum(tensors: dict[str, torch.Tensor], version: int | str = FORMAT_VERSION) -> str:
+    """CRC-32 over the raw bytes of the arrays, in ``array_names(version)`` order."""
     crc = 0
-    for name in STATE_FIELDS:
+    for name in array_names(version):
         crc = zlib.crc32(tensors[name].contiguous().numpy().view(np.uint8), crc)
     return f"crc32:{crc:08x}"

@@ -16,6 +16,11 @@ are represented by the embedding of their label's name:
 4. **Objects**: matching voxels connected with gaps of up to ``MERGE_GAP_VOXELS`` voxels (so the parts of one thing
    merge; on label-only maps only voxels of the same label connect), with at least ``min_voxels`` voxels, ranked by
    ``confidence = mean relevancy x (1 - exp(-voxels / SUPPORT_VOXELS))``. **found** = at least one object.
+
+On a feature map with an instance layer (``mapping.instances``: a model with an instance decoder ran on it),
+``query_features`` answers at object level: the same rule scores each instance's embedding instead of each
+voxel's feature (relevancy against the same negatives, the same floor and threshold), and the objects are the
+matching instances (their voxels, at least ``min_voxels``), each voxel carrying its instance's relevancy.
 """
 from __future__ import annotations
 
@@ -113,6 +118,8 @@ class ObjectGroup:
     size: np.ndarray
     """(3,) float64 extent of that box in metres (one voxel = voxel_size)."""
     num_voxels: int
+    instance: int = -1
+    """The map's instance id of an object answered from the instance layer; -1 for a group of matching voxels."""
 
 
 @dataclass
@@ -214,6 +221,7 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
     """Answer a query from per-voxel features: query_embedding (D,) and negative_embeddings (K, D) (the
     embeddings of ``negative_names``, with the model's prompt template; normalised here). Objects are labelled
     ``label`` (the query text). threshold 0 = the calibrated default; top_k limits the returned voxels (0 = all).
+    A map with instances is answered from them (``query_instances``).
 
     Cosines come from the map's int8 feature copy (``feature_similarity(compact=True)`` and ``query_similarity``,
     about 1e-2 off the float16 values, half the bytes to read): with a floor above -1 the query first, then the
@@ -225,6 +233,9 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
         raise QueryError("the map stores no features (feature_dim=0); use query_labels")
     table = _query_table(query_embedding, negative_embeddings, dim)
     with voxel_map.lock:
+        ids = voxel_map.instances()
+        if (ids >= 0).any():
+            return query_instances(voxel_map, ids, table, calibration, threshold, top_k, min_voxels, label)
         if calibration.floor <= -1.0:
             query_cosine, hardest = voxel_map.query_similarity(table[0], table[1:])
         else:
@@ -235,6 +246,21 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
         score, matches = decide(query_cosine, hardest, calibration, threshold)
         chosen = _MatchedVoxels.of(voxel_map, matches)  # only the snapshot holds the lock, as in query_labels
     return chosen.result(score, calibration.threshold_for(threshold), top_k, min_voxels, default_label=label)
+
+
+def query_instances(voxel_map: VoxelMap, ids: np.ndarray, table: np.ndarray, calibration: QueryCalibration,
+                    threshold: float, top_k: int, min_voxels: int, label: str) -> QueryResult:
+    """The object-level answer of ``query_features`` (call with the map's lock held): ids (M,) the map's instance
+    ids (``voxel_map.instances()``); table (1 + K, D) unit query and negative embeddings. Each instance with voxels
+    is scored by ``decide`` on its embedding; the objects are the matching instances (max_score: the best
+    instance that owns voxels)."""
+    cosine = voxel_map.instance_table().embeddings @ table.T  # (I, 1 + K)
+    relevance, matches = decide(cosine[:, 0], _hardest(cosine[:, 1:]), calibration, threshold)
+    has, row = ids >= 0, np.maximum(ids, 0)
+    score = np.where(has, relevance[row], 0.0).astype(np.float32)
+    chosen = _MatchedVoxels.of(voxel_map, has & matches[row])
+    return chosen.result(score, calibration.threshold_for(threshold), top_k, min_voxels, default_label=label,
+                         groups=ids)
 
 
 def query_labels(voxel_map: VoxelMap, query_embedding, negative_embeddings, label_embeddings,
@@ -283,13 +309,14 @@ class _MatchedVoxels:
 
     def result(self, score: np.ndarray, threshold: float, top_k: int, min_voxels: int,
                labels: np.ndarray | None = None, label_names: Sequence[str] | None = None,
-               default_label: str = "") -> QueryResult:
+               default_label: str = "", groups: np.ndarray | None = None) -> QueryResult:
         """The QueryResult: these voxels grouped into objects (at most MAX_OBJECTS), the objects' voxels best
-        relevancy first (at most top_k; 0 = all); score and labels are (M,) over the whole map."""
+        relevancy first (at most top_k; 0 = all); score, labels and groups (instance ids) are (M,) over the whole
+        map."""
         chosen = self.indices
         objects, rank = group_voxels(self.keys, score[chosen], self.voxel_size,
                                      None if labels is None else labels[chosen], label_names, default_label,
-                                     min_voxels, MAX_OBJECTS)
+                                     min_voxels, MAX_OBJECTS, None if groups is None else groups[chosen])
         kept = np.flatnonzero(rank >= 0)  # the kept objects' voxels, best relevancy first
         kept = kept[np.argsort(-score[chosen[kept]], kind="stable")][:top_k or None]
         members = chosen[kept]
@@ -298,11 +325,12 @@ class _MatchedVoxels:
 
 
 def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequence[str] | None = None,
-                 default_label: str = "", min_voxels: int = 1, max_groups: int = 0,
+                 default_label: str = "", min_voxels: int = 1, max_groups: int = 0, groups=None,
                  ) -> tuple[list[ObjectGroup], np.ndarray]:
     """Group voxels into objects: voxels at most MERGE_GAP_VOXELS + 1 apart along every axis connect (with
-    ``labels``, only voxels of one label), groups of fewer than ``min_voxels`` are dropped, and only the best
-    ``max_groups`` are kept (0 = all).
+    ``labels``, only voxels of one label), or given ``groups`` (K,) int ids (the map's instance ids, kept as
+    ``ObjectGroup.instance``); groups of fewer than ``min_voxels`` are dropped, and only the best ``max_groups``
+    are kept (0 = all).
 
     keys: (K, 3) int voxel indices; scores: (K,) relevancy in [0, 1]; labels: optional (K,) int ids naming each
     group ``label_names[id]`` (or ``str(id)``), else ``default_label``. Returns the groups ranked by confidence
@@ -318,7 +346,10 @@ def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequ
         return [], np.zeros(0, np.int64)
     if np.abs(keys).max() > KEY_LIMIT:
         raise ValueError(f"voxel indices beyond +-{KEY_LIMIT}")
-    component = _components(keys, None if labels is None else np.asarray(labels))
+    if groups is None:
+        component = _components(keys, None if labels is None else np.asarray(labels))
+    else:
+        component = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
 
     by_group = np.argsort(component, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(component[by_group]) != 0])
@@ -344,14 +375,15 @@ def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequ
     else:
         ids = np.asarray(labels)[first[ranked]].tolist()
         names = [label_names[i] for i in ids] if label_names is not None else [str(i) for i in ids]
-    groups = [ObjectGroup(label=name, score=b, mean_score=m, confidence=c, center=center, box_center=box,
-                          size=size, num_voxels=n)
-              for name, b, m, c, center, box, size, n in zip(
-                  names, best[ranked].tolist(), mean[ranked].tolist(), confidence[ranked].tolist(), centers,
-                  box_centers, sizes, counts[ranked].tolist())]
+    instance = [-1] * len(ranked) if groups is None else np.asarray(groups)[first[ranked]].tolist()
+    objects = [ObjectGroup(label=name, score=b, mean_score=m, confidence=c, center=center, box_center=box,
+                           size=size, num_voxels=n, instance=i)
+               for name, b, m, c, center, box, size, n, i in zip(
+                   names, best[ranked].tolist(), mean[ranked].tolist(), confidence[ranked].tolist(), centers,
+                   box_centers, sizes, counts[ranked].tolist(), instance)]
     voxel_rank = np.empty(k, np.int64)
     voxel_rank[by_group] = np.repeat(rank, counts)
-    return groups, voxel_rank
+    return objects, voxel_rank
 
 
 _REACH = MERGE_GAP_VOXELS + 1

@@ -1,4 +1,5 @@
-"""Sparse voxel map with a fixed world origin: geometry, colour, label distribution and float16 features per voxel.
+"""Sparse voxel map with a fixed world origin: geometry, colour, label distribution, float16 features and an instance
+id per voxel (the instance layer's table and its update live in ``mapping.instances``).
 
 Voxel index = floor(p / voxel_size) (float32 division) in the map frame, so indices never shift as the map grows.
 Voxels live in slot arrays (torch, on ``config.device``); on CPU the arrays reserve the whole voxel budget up front
@@ -27,6 +28,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from scipy import sparse
+
+from ov3dseg_core.mapping.instances import MATCH_IOU, InstanceTable, PassResult, instance_voxel_counts, merge_pass
 
 KEY_BITS = 21
 """Bits per axis in a packed voxel key."""
@@ -174,6 +177,7 @@ _SLOT_FIELDS = {
     "feature": (lambda L, D: (D,), torch.float16),
     "feature_weight": (lambda L, D: (), torch.float32),
     "stamp": (lambda L, D: (), torch.int64),
+    "instance": (lambda L, D: (), torch.int32),  # id into the instance table, -1 = none (mapping.instances)
     # derived from the above, kept up to date for fast queries and accessors (not saved)
     "feature_norm": (lambda L, D: (), torch.float32),
     "feature_code": (lambda L, D: (D,), torch.int8),  # feature ~ feature_code * feature_scale
@@ -184,6 +188,9 @@ _SLOT_FIELDS = {
 STATE_FIELDS = ("keys", "weight", "position", "color", "color_weight", "label_counts", "feature", "feature_weight",
                 "stamp")
 """Names of the per-voxel arrays in ``VoxelMap.state()`` (and in saved map files)."""
+INSTANCE_FIELDS = ("instance", "instance_embedding", "instance_score", "instance_passes")
+"""The instance layer in ``VoxelMap.state()``: per-voxel ids (M,) int32, then the InstanceTable's embeddings (I, D)
+float32, scores (I,) float32 and passes (I,) int32."""
 
 
 class VoxelMap:
@@ -347,6 +354,34 @@ class VoxelMap:
         """(M,) float32 summed weight of the fused features (0 = no feature observed)."""
         return self._gather("feature_weight", indices)
 
+    def instances(self, indices=None) -> np.ndarray:
+        """(M,) int32 instance id per voxel (-1 = none): rows of ``instance_table()``."""
+        return self._gather("instance", indices)
+
+    def instance_table(self) -> InstanceTable:
+        """A copy of the instance table (one embedding, score and pass count per instance id)."""
+        with self.lock:
+            return self._instances.copy()
+
+    def update_instances(self, keys, masks, scores, embeddings, iou_threshold: float = MATCH_IOU) -> PassResult:
+        """Fold one model pass's objects into the instance layer (``mapping.instances.merge_pass``).
+
+        keys: (V, 3) int voxel indices of the window (voxels evicted since are skipped); masks (O, V) bool over
+        them; scores (O,) in [0, 1]; embeddings (O, D) in the map's feature space (D = feature_dim).
+        """
+        keys = np.asarray(_host(keys))
+        masks = np.asarray(_host(masks), dtype=bool)
+        with self.lock:
+            found, slots = self._lookup(pack_keys(torch.from_numpy(keys.astype(np.int32)).to(self.device)))
+            slots = _rows(slots, found)
+            instance = self._slots["instance"]
+            ids, self._instances, result = merge_pass(
+                _host(instance.index_select(0, slots)), masks[:, _host(found)], _host(scores), _host(embeddings),
+                self._instances, instance_voxel_counts(_host(instance.index_select(0, self._ordered()[1])),
+                                                       len(self._instances)), iou_threshold)
+            instance.index_copy_(0, slots, torch.from_numpy(ids).to(self.device))
+        return result
+
     def feature_similarity(self, embedding, indices=None, compact: bool = False) -> np.ndarray:
         """Cosine similarity of each voxel's feature with ``embedding``: (D,) -> (M,), or (K, D) -> (M, K) float32;
         -inf where a voxel has no feature. ``indices``: optional (C,) voxel indices to score only those (M = C).
@@ -424,16 +459,22 @@ class VoxelMap:
 
     # ------------------------------------------------------------------ state, files
     def state(self) -> dict[str, torch.Tensor]:
-        """Copies of the per-voxel arrays (STATE_FIELDS, ascending key order, CPU) plus ``tick`` (0-d int64)."""
+        """Copies of the per-voxel arrays (STATE_FIELDS, ascending key order, CPU), the instance layer
+        (INSTANCE_FIELDS) and ``tick`` (0-d int64)."""
         with self.lock:
             _, slots = self._ordered()
-            out = {name: self._slots[name].index_select(0, slots).cpu() for name in STATE_FIELDS}
+            out = {name: self._slots[name].index_select(0, slots).cpu() for name in (*STATE_FIELDS, "instance")}
+            table = self._instances
+            out.update(instance_embedding=torch.from_numpy(table.embeddings.copy()),
+                       instance_score=torch.from_numpy(table.scores.copy()),
+                       instance_passes=torch.from_numpy(table.passes.copy()))
             out["tick"] = torch.tensor(self._tick, dtype=torch.int64)
             return out
 
     @classmethod
     def from_state(cls, config: VoxelMapConfig, state: dict, label_names: Sequence[str] | None = None) -> "VoxelMap":
-        """A map holding ``state`` (as returned by ``state()``); ValueError naming the first inconsistency.
+        """A map holding ``state`` (as returned by ``state()``; the INSTANCE_FIELDS may be absent: no instances);
+        ValueError naming the first inconsistency.
 
         The arrays are copied into the map's (reserved) storage, so the map grows from there without copying.
         """
@@ -453,7 +494,17 @@ class VoxelMap:
         if m and int(keys.abs().max()) > KEY_LIMIT:
             raise ValueError(f"voxel indices beyond +-{KEY_LIMIT}")
         packed = pack_keys(keys)
+        table = InstanceTable.empty(D)
         arrays = {name: state[name] for name in STATE_FIELDS}
+        arrays["instance"] = torch.full((m,), -1, dtype=torch.int32)
+        if "instance" in state:
+            table = InstanceTable.validated(*(_host(state[n]) for n in INSTANCE_FIELDS[1:]), dim=D)
+            ids = state["instance"]
+            if tuple(ids.shape) != (m,) or ids.dtype != torch.int32:
+                raise ValueError(f"state['instance'] is {tuple(ids.shape)} {ids.dtype}, expected ({m},) int32")
+            if m and not (int(ids.min()) >= -1 and int(ids.max()) < len(table)):
+                raise ValueError(f"instance ids must lie in [-1, {len(table)}) (the instance table's rows)")
+            arrays["instance"] = ids
         if not bool((packed[1:] > packed[:-1]).all()):  # saved maps are sorted: no reordering copy needed
             order = torch.argsort(packed)
             packed = packed[order]
@@ -468,8 +519,9 @@ class VoxelMap:
                 raise ValueError(f"state[{name!r}] holds negative or non-finite values")
         with vmap.lock:
             everything = vmap._allocate(m)
-            for name in STATE_FIELDS:
+            for name in (*STATE_FIELDS, "instance"):
                 vmap._slots[name][:m] = arrays[name]
+            vmap._instances = table
             vmap._refresh_derived(everything, labels=True, features=True)
             vmap._index_keys = packed.to(vmap.device)
             vmap._index_slots = everything
@@ -505,6 +557,7 @@ class VoxelMap:
         self._tick = 0  # integration calls so far (the "stamp" of a voxel is the tick of its last update)
         self._last_origin: torch.Tensor | None = None
         self._cleared_origin: torch.Tensor | None = None
+        self._instances = InstanceTable.empty(self.config.feature_dim)
 
     def _gather(self, name: str, indices=None) -> np.ndarray:
         with self.lock:
@@ -764,6 +817,7 @@ class VoxelMap:
             self._used += rest
         slots = parts[0] if len(parts) == 1 else torch.cat(parts or [self._free[:0]])
         self._slots["label"].index_fill_(0, slots, -1)
+        self._slots["instance"].index_fill_(0, slots, -1)
         return slots
 
     def _grow(self, need: int) -> None:

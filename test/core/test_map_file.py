@@ -99,7 +99,7 @@ def test_bit_flip_in_payload_is_rejected(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     (dict(format="someone.else"), "not an ov3dseg map"),
-    (dict(version="2"), "version"),
+    (dict(version="3"), "version"),
     (dict(num_voxels="5"), r"array 'keys' is I32 \(\d+, 3\), expected I32 \(5, 3\)"),
     (dict(voxel_size="abc"), "bad or missing metadata"),
 ])
