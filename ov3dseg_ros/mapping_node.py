@@ -332,7 +332,7 @@ class MappingNode(Node):
 
             names = self.config.label_names
             self._encoder.set_result((encoder, embed, embed(names) if names else None))
-            self.get_logger().info(f"text encoder {self.config.text_encoder!r} ready "
+            self.get_logger().info(f"text encoder {encoder.name!r} ready "
                                    f"({time.perf_counter() - start:.1f} s)")
         except Exception as exc:  # reported by every /query; the node keeps mapping
             self.get_logger().error(f"text encoder {self.config.text_encoder!r} failed to load: {exc}")

@@ -78,6 +78,11 @@ class ReplayResult:
     unsettled: int = 0
     queries: list[tuple[str, Any]] = field(default_factory=list)
     """(text, ov3dseg_ros/srv/Query response) for each query asked after the replay."""
+    model: Any = None
+    """The mapper's model stage (ov3dseg_core.models.semantic_stage.SemanticStage: kind, embed, classify), or None."""
+    model_passes: dict[str, int] = field(default_factory=dict)
+    """Model branch runs of the replay: {"2d": key frames through the 2D branch, "3d": 3D-branch runs}; {} without
+    a model."""
 
 
 def message_class(msgtype: str) -> type | None:
@@ -295,4 +300,6 @@ def _run(reader: AnyReader, graph: NodeGraph, context: Context, deterministic: b
     return ReplayResult(map_path=save_map, label_names=list(label_names), frames_published=frames,
                         frames_integrated=status.frames_integrated, frames_dropped=status.frames_dropped,
                         timings={**mapper.timings.summary(), **timings.summary()}, wall_s=wall_s,
-                        messages_published=published, unsettled=unsettled)
+                        messages_published=published, unsettled=unsettled,
+                        model=None if mapper.semantic is None else mapper.semantic.model,
+                        model_passes={} if mapper.semantic is None else dict(mapper.semantic.branch_passes))

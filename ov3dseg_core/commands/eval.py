@@ -9,7 +9,10 @@ INPUT is either
   VoxelMap and matched against the scene's labelled points.
 Without ``--oracle`` the labels come from an open-vocabulary model (``--model``, default: the embedded default):
 the mapper writes per-voxel features and each voxel takes the class (of the split, else of the ground truth)
-whose text embedding is nearest.
+whose text embedding is nearest. A bag runs any checkpoint through the node's semantic stage (3D models, or
+XMask3D with its 2D branch on key frames; the keyframe_* parameters of --params apply), and report.json gets
+"model": {"name": the --model value, "kind": "3d" or "2d+3d", "stages": {"2d": 2D-branch runs (key frames),
+"3d": 3D-branch runs}}; a dataset scene takes 3D checkpoints only (XMask3D: ``ov3dseg evaluate``).
 
 Writes DIR/report.json (keys: miou, macc, fmiou, fmacc, per_class_iou, per_class_acc, num_points, coverage,
 voxel_size and, with --split, split, base_miou, novel_miou, hiou), DIR/report.md, DIR/per_class_iou.png,
@@ -38,7 +41,7 @@ from tqdm import tqdm
 from ov3dseg_core.config import from_dict
 from ov3dseg_core.eval.evaluate import EvalReport, evaluate_map
 from ov3dseg_core.eval.query_benchmark import class_record, markdown_query, query_report
-from ov3dseg_core.eval.report import markdown_table, write_report
+from ov3dseg_core.eval.report import markdown_model, markdown_table, model_entry, write_report
 from ov3dseg_core.eval.splits import Split, SplitError, load_split
 
 GT_POINTS_TOPIC = "/ground_truth/points"
@@ -127,9 +130,11 @@ def read_bag_ground_truth(bag_path: Path) -> tuple[np.ndarray, np.ndarray, list[
 def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path,
                  model: str = "default") -> tuple[EvalReport, dict[str, Any]]:
     """Replay the bag through the node graph (deterministically), ask the default /query for every class, then
-    evaluate the saved map; returns the report and the query benchmark section."""
+    evaluate the saved map; returns the report and the report.json sections "query" and (with a model) "model"."""
     from ov3dseg_core.mapping.voxel_map import VoxelMap
+    from ov3dseg_core.models.map_segmenter import resolve_checkpoint
     try:
+        from ov3dseg_ros.params import ParameterError
         from ov3dseg_ros.replay import ReplayError, replay_bag
     except ImportError as exc:
         raise EvalInputError(f"evaluating a bag replays it through the ROS node graph, which is not available here "
@@ -138,25 +143,29 @@ def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Sp
     points, labels, names = read_bag_ground_truth(bag_path)
     if split is not None:
         split.label_lookup(names)  # fail before the replay when the split does not fit the bag's classes
-    segmenter = None if oracle else _segmenter(model)
-    if segmenter is not None:
+    if not oracle:
+        try:
+            resolve_checkpoint(model)
+        except OSError as exc:
+            raise EvalInputError(f"model {model!r}: {exc}") from None
         params = {**params, "model": model}
     classes = split.evaluated if split is not None else names
     try:
         result = replay_bag(bag_path, params=params, oracle=oracle, deterministic=True,
                             save_map=str(out_dir / MAP_FILE), queries=classes)
-    except ReplayError as exc:
+    except (ReplayError, ParameterError) as exc:
         raise EvalInputError(str(exc)) from None
     voxel_map = VoxelMap.load(result.map_path)
     query = query_report({text: _query_record(response, points[labels == names.index(text)] if text in names
                                               else points[:0], voxel_map.voxel_size)
                           for text, response in result.queries})
-    if segmenter is not None:
+    if result.model is not None:
         from ov3dseg_core.training.evaluation import evaluate_features
-        return evaluate_features(segmenter, voxel_map, points, labels, names, split), query
+        return (evaluate_features(result.model, voxel_map, points, labels, names, split),
+                {"model": model_entry(model, result.model.kind, result.model_passes), "query": query})
     map_names = voxel_map.label_names or list(result.label_names)
     return evaluate_map(voxel_map, points, labels, names, split=split,
-                        map_label_names=None if map_names == names else map_names), query
+                        map_label_names=None if map_names == names else map_names), {"query": query}
 
 
 def _query_record(response, class_points: np.ndarray, voxel_size: float) -> dict[str, Any]:
@@ -170,11 +179,17 @@ def _query_record(response, class_points: np.ndarray, voxel_size: float) -> dict
 
 
 def _segmenter(model: str):
-    from ov3dseg_core.models.map_segmenter import MapSegmenter
+    from ov3dseg_core.models.map_segmenter import MapSegmenter, resolve_checkpoint
+    from ov3dseg_core.training.checkpoint import read_metadata
     try:
-        return MapSegmenter.from_checkpoint(model)
+        is_xmask3d = read_metadata(resolve_checkpoint(model))["config"].get("model", {}).get("type") == "XMask3D"
+        segmenter = None if is_xmask3d else MapSegmenter.from_checkpoint(model)
     except (OSError, ValueError) as exc:
         raise EvalInputError(f"model {model!r}: {exc}") from None
+    if segmenter is None:
+        raise EvalInputError(f"model {model!r} is an XMask3D checkpoint: evaluate it on a bag (through the node, "
+                             "2D branch on key frames) or with `ov3dseg evaluate xmask3d_tiny CKPT`")
+    return segmenter
 
 
 def evaluate_dataset(path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path,
@@ -225,9 +240,9 @@ def main(args: argparse.Namespace) -> int:
         if not args.input.exists():
             raise EvalInputError(f"{args.input} does not exist")
         args.out.mkdir(parents=True, exist_ok=True)
-        query = None
+        sections: dict[str, Any] = {}
         if is_bag(args.input):
-            report, query = evaluate_bag(args.input, params, args.oracle, split, args.out, args.model)
+            report, sections = evaluate_bag(args.input, params, args.oracle, split, args.out, args.model)
         else:
             report = evaluate_dataset(args.input, params, args.oracle, split, args.out, args.frame_stride,
                                       args.model)
@@ -236,10 +251,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     paths = write_report(report, args.out)
     print(markdown_table(report), end="")
-    if query is not None:
+    if sections:
         summary = json.loads(paths["json"].read_text(encoding="utf-8"))
-        paths["json"].write_text(json.dumps({**summary, "query": query}, indent=2) + "\n", encoding="utf-8")
+        paths["json"].write_text(json.dumps({**summary, **sections}, indent=2) + "\n", encoding="utf-8")
+        text = (markdown_model(sections["model"]) if "model" in sections else "") + markdown_query(sections["query"])
         with open(paths["markdown"], "a", encoding="utf-8") as f:
-            f.write(markdown_query(query))
-        print(markdown_query(query), end="")
+            f.write(text)
+        print(text, end="")
     return 0

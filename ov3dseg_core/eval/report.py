@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -98,6 +99,19 @@ def plot_confusion(report: EvalReport, path: str | Path) -> None:
     ax.set_ylabel("ground truth")
     ax.set_title("confusion (row-normalised)")
     fig.savefig(path, dpi=120)
+
+
+def model_entry(name: str, kind: str, passes: Mapping[str, int]) -> dict[str, Any]:
+    """The report's "model" block: {"name": the checkpoint as given, "kind": "3d" or "2d+3d", "stages": {"2d":
+    2D-branch runs (key frames used), "3d": 3D-branch runs}}."""
+    return {"name": name, "kind": kind, "stages": {"2d": int(passes.get("2d", 0)), "3d": int(passes.get("3d", 0))}}
+
+
+def markdown_model(entry: Mapping[str, Any]) -> str:
+    """One markdown line for a ``model_entry``."""
+    stages = entry["stages"]
+    return (f"\nModel `{entry['name']}` (kind {entry['kind']}): 2D branch on {stages['2d']} key frames, "
+            f"3D branch {stages['3d']} runs.\n")
 
 
 def write_report(report: EvalReport, out_dir: str | Path) -> dict[str, Path]:

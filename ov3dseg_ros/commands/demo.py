@@ -1,9 +1,11 @@
 """``ov3dseg demo [--out DIR]``: the end-to-end open-vocabulary demo, the README's main job.
 
 1. simulate a held-out scene (seed and room never used in training) as a ROS 2 bag, unless it is already there;
-2. replay it through the live node graph with the embedded default model writing per-voxel features;
+2. replay it through the live node graph with the model (``--model``: the embedded default, another 3D
+   checkpoint, or an XMask3D checkpoint whose 2D branch runs on key frames) writing per-voxel features;
 3. ask /query for a few categories, including ones the model never saw labelled (its split's novel classes);
-4. evaluate the map against the bag's ground truth (DIR/report.json: split, base_miou, novel_miou, hiou, ...);
+4. evaluate the map against the bag's ground truth (DIR/report.json: split, base_miou, novel_miou, hiou, ...,
+   and "model": {"name", "kind", "stages": {"2d", "3d"}});
 5. render the semantic map and each query result to PNG.
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ DEFAULT_QUERIES = ("chair", "table", "sofa", "couch", "bookshelf", "desk")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
-    parser.add_argument("--model", default="default", help="model checkpoint or 'default' (the embedded default)")
+    parser.add_argument("--model", default="default",
+                        help="model checkpoint (3D or XMask3D) or 'default' (the embedded default)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help="scene seed")
     parser.add_argument("--room-type", default="living_room", help="room type of the simulated scene")
     parser.add_argument("--frames", type=int, default=24, help="camera frames in the scene")
@@ -33,11 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ov3dseg_core.commands.eval import read_bag_ground_truth
-    from ov3dseg_core.eval.report import markdown_table, write_report
+    from ov3dseg_core.eval.report import markdown_model, markdown_table, model_entry, write_report
     from ov3dseg_core.eval.splits import load_split
     from ov3dseg_core.mapping.render import render_query, render_semantic_map
     from ov3dseg_core.mapping.voxel_map import VoxelMap
-    from ov3dseg_core.models.map_segmenter import MapSegmenter, resolve_checkpoint
+    from ov3dseg_core.models.map_segmenter import resolve_checkpoint
     from ov3dseg_core.training.checkpoint import read_metadata
     from ov3dseg_core.training.evaluation import evaluate_features
     from ov3dseg_ros.replay import replay_bag
@@ -45,7 +48,8 @@ def main(args: argparse.Namespace) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_checkpoint(args.model)
-    split = load_split(read_metadata(checkpoint)["config"]["split"])
+    config = read_metadata(checkpoint)["config"]
+    split = load_split(config.get("split") or config["model"]["split"])  # XMask3D: in its model config
     queries = args.queries or list(DEFAULT_QUERIES)
 
     bag = out / f"scene_{args.seed}_{args.room_type}_f{args.frames}.mcap"
@@ -67,7 +71,9 @@ def main(args: argparse.Namespace) -> int:
               "lidar_topics": []}
     result = replay_bag(bag, params=params, deterministic=True, save_map=str(out / "map.safetensors"),
                         queries=queries, query_threshold=args.threshold)
-    print(f"      {result.frames_integrated}/{result.frames_published} frames integrated in {result.wall_s:.1f} s")
+    model = model_entry(str(checkpoint), result.model.kind, result.model_passes)
+    print(f"      {result.frames_integrated}/{result.frames_published} frames integrated in {result.wall_s:.1f} s;"
+          f"{markdown_model(model).rstrip()}")
 
     print("[3/5] queries (novel categories were never labelled in training):")
     voxel_map = VoxelMap.load(result.map_path)
@@ -88,16 +94,16 @@ def main(args: argparse.Namespace) -> int:
 
     print("[4/5] evaluating the map against the scene's ground truth")
     points, labels, names = read_bag_ground_truth(bag)
-    segmenter = MapSegmenter.from_checkpoint(checkpoint)
-    report = evaluate_features(segmenter, voxel_map, points, labels, names, split)
+    stage = result.model  # the node's model stage: its text space labels the map
+    report = evaluate_features(stage, voxel_map, points, labels, names, split)
     write_report(report, out)
     summary = json.loads((out / "report.json").read_text())
-    summary.update(model=str(checkpoint), scene_seed=args.seed, room_type=args.room_type, queries=answers)
+    summary.update(model=model, scene_seed=args.seed, room_type=args.room_type, queries=answers)
     (out / "report.json").write_text(json.dumps(summary, indent=2))
     print(markdown_table(report))
 
     print("[5/5] rendering")
-    voxel_labels, _ = segmenter.classify(voxel_map.features(), split.evaluated)
+    voxel_labels, _ = stage.classify(voxel_map.features(), split.evaluated)
     voxel_labels = np.where(voxel_map.feature_weights() > 0, voxel_labels, -1)
     render_semantic_map(out / "semantic_map.png", positions, voxel_map.colors(), voxel_labels, split.evaluated,
                         title=f"{args.room_type} (seed {args.seed}), model {checkpoint.name}", novel=split.novel)
