@@ -35,8 +35,14 @@ def resolve_checkpoint(model: str | Path) -> Path:
 
 @dataclass
 class WindowResult:
+    """One pass: the window's voxels (keys (V, 3) int32, mean positions (V, 3) metres, map frame) and the model's
+    features (V, D) (None when the window was empty)."""
+
     num_voxels: int        # voxels the model ran on
     seconds: float         # model time
+    keys: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    features: torch.Tensor | None = None
 
 
 LABELLED_MARGIN_KEY = "labelled_margin"
@@ -120,7 +126,7 @@ class MapSegmenter:
         feats = self.features(keys, positions, colors)
         seconds = time.perf_counter() - t0
         voxel_map.integrate_features(positions, feats.float().cpu().numpy())
-        return WindowResult(len(select), seconds)
+        return WindowResult(len(select), seconds, keys, positions, feats)
 
     def _window(self, positions: np.ndarray, center: np.ndarray | None, radius: float) -> np.ndarray:
         """Indices into (M, 3) ``positions`` (metres) of the window: within ``radius`` of ``center`` (everything when

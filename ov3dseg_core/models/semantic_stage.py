@@ -2,7 +2,9 @@
 in a text-embedding space, in two kinds.
 
 - ``"3d"`` (``MapStage``): today's ``MapSegmenter``: the 3D network over the window's voxels (OpenVocab3D, SAS,
-  GeoGuide checkpoints). Key frames are not used.
+  GeoGuide, Mosaic3D checkpoints). Key frames are not used. A model with an instance decoder (Mosaic3D:
+  ``window_objects``) also gives objects from the window's features, folded into the map's instance layer
+  (``VoxelMap.update_instances``: ids kept across passes by voxel IoU; /query then answers from them).
 - ``"2d+3d"`` (``XMask3DStage``): the full XMask3D. For each pending key frame (RGB, depth, K, pose in the map
   frame) the window's voxels are the view's points: the 3D branch runs on them and gives the global feature that
   conditions the 2D branch (diffusion UNet on the key frame's RGB, Eq. 4); the predicted masks are lifted onto the
@@ -129,12 +131,15 @@ class SemanticStage:
 
 
 class MapStage(SemanticStage):
-    """The 3D-only kind: a ``MapSegmenter`` (OpenVocab3D / SAS / GeoGuide checkpoint)."""
+    """The 3D-only kind: a ``MapSegmenter`` (OpenVocab3D / SAS / GeoGuide / Mosaic3D checkpoint).
+
+    object_score: the score threshold of an instance decoder's objects (``Mosaic3D.window_objects``)."""
 
     kind = "3d"
 
-    def __init__(self, segmenter):
+    def __init__(self, segmenter, object_score: float = 0.2):
         self.segmenter = segmenter
+        self.object_score = object_score
         self.text_encoder, self.template = segmenter.text_encoder, segmenter.template
         self.vocabulary = segmenter.vocabulary
 
@@ -144,7 +149,15 @@ class MapStage(SemanticStage):
 
     def update(self, voxel_map, center=None, radius=0.0) -> StageResult:
         result = self.segmenter.update(voxel_map, center, radius)
-        return StageResult(result.num_voxels, result.seconds, {"2d": 0, "3d": int(result.num_voxels > 0)})
+        seconds = result.seconds
+        decoder = getattr(self.segmenter.model, "window_objects", None)
+        if decoder is not None and result.num_voxels:  # an instance decoder: objects into the instance layer
+            t0 = time.perf_counter()
+            objects = decoder(result.features, result.positions, self.object_score)
+            seconds += time.perf_counter() - t0
+            voxel_map.update_instances(result.keys, objects.masks.cpu().numpy(), objects.scores.cpu().numpy(),
+                                       objects.embeddings.float().cpu().numpy())
+        return StageResult(result.num_voxels, seconds, {"2d": 0, "3d": int(result.num_voxels > 0)})
 
     def embed(self, texts):
         return self.segmenter.embed(texts)

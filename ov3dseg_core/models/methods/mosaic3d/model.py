@@ -11,7 +11,9 @@ Signals and losses (``training_losses`` by ``stage``):
   each is its caption target: L = 2 L_obj + 5 L_dice + 2 L_bce + 1 L_cap after Hungarian matching (``losses``).
 
 No class label reaches either loss; novel classes appear only as words in captions. ``forward`` gives the unit
-encoder features that ``MapSegmenter`` and the evaluation use; ``voxel_objects`` gives instances from a map.
+encoder features that ``MapSegmenter`` and the evaluation use; ``voxel_objects`` gives instances from a map, and
+``window_objects`` from a window's features (the live 3D stage, ``models.semantic_stage.MapStage``, runs it after
+each pass and folds the objects into the map's instance layer).
 """
 from __future__ import annotations
 
@@ -138,11 +140,16 @@ class Mosaic3D(DistillationMethod):
         rows, scores and text-space embeddings (``decoder.Objects``)."""
         z = self.forward(data)
         batch = offset_to_batch(data["offset"])
-        out = []
-        for b in range(len(data["offset"])):
-            rows = torch.nonzero(batch == b)[:, 0]
-            out.append(select_objects(*self.decoder(z[rows], data["coord"][rows]), score_threshold, min_points))
-        return out
+        return [self.window_objects(z[rows], data["coord"][rows], score_threshold, min_points)
+                for rows in (torch.nonzero(batch == b)[:, 0] for b in range(len(data["offset"])))]
+
+    @torch.no_grad()
+    def window_objects(self, features: torch.Tensor, coord, score_threshold: float = 0.2,
+                       min_points: int = 10) -> Objects:
+        """The decoder's instances of one scene or map window from its encoder features Z (N, D) (``forward``)
+        and coordinates (N, 3) metres (tensor or array), thresholded by score (``decoder.select_objects``)."""
+        coord = torch.as_tensor(coord, dtype=torch.float32, device=features.device)
+        return select_objects(*self.decoder(features.float(), coord), score_threshold, min_points)
 
 
 def voxel_objects(model: Mosaic3D, keys: np.ndarray, positions: np.ndarray, colors: np.ndarray,
