@@ -16,13 +16,11 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ov3dseg_core.geometry.transforms import make_transform
 from ov3dseg_core.msgs.image import image_to_numpy, numpy_to_image_fields
-from ov3dseg_core.msgs.pointcloud2 import array_to_pointcloud2_fields, pack_rgb
+from ov3dseg_core.msgs.pointcloud2 import (  # noqa: F401  (the semantic cloud's layout, for the node and tests)
+    SEMANTIC_CLOUD_DTYPE, array_to_pointcloud2_fields, semantic_cloud_points,
+)
 from ov3dseg_ros.msg import ObjectHit
 
-SEMANTIC_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4"), ("label", "<i4"),
-                                 ("score", "<f4")])
-"""Points of /ov3dseg/semantic_cloud: position (metres, map frame), PCL-packed colour, class id (-1 none),
-confidence of the class in [0, 1]."""
 QUERY_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("score", "<f4")])
 """Points of a /query answer: position (metres, map frame) and relevancy in [0, 1]."""
 
@@ -109,18 +107,6 @@ def transform_from_msg(msg: TransformStamped) -> tuple[str, str, int, np.ndarray
     t, q = msg.transform.translation, msg.transform.rotation
     T = make_transform((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
     return parent, child, stamp_to_ns(msg.header.stamp), T
-
-
-def semantic_cloud_points(positions: np.ndarray, colors: np.ndarray, labels: np.ndarray,
-                          scores: np.ndarray) -> np.ndarray:
-    """Structured (M,) SEMANTIC_CLOUD_DTYPE array from per-voxel positions (M, 3), colours (M, 3) uint8 RGB,
-    labels (M,) int and label confidences (M,)."""
-    points = np.empty(len(positions), dtype=SEMANTIC_CLOUD_DTYPE)
-    points["x"], points["y"], points["z"] = positions[:, 0], positions[:, 1], positions[:, 2]
-    points["rgb"] = pack_rgb(colors)
-    points["label"] = labels
-    points["score"] = scores
-    return points
 
 
 def query_cloud_points(positions: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -550,25 +550,25 @@ class MappingNode(Node):
             self.voxel_map.integrate(transform_points(T_map_sensor, points), sensor_origin=T_map_sensor[:3, 3])
 
     # -- outputs -------------------------------------------------------------------------------------------
-    def _map_snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Consistent (positions, colours, labels, label confidences) of the current map."""
+    def _map_snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Consistent (positions, colours, labels, label confidences, instance ids) of the current map."""
         voxel_map = self.voxel_map
         with voxel_map.lock:
-            positions, colors = voxel_map.positions(), voxel_map.colors()
+            positions, colors, instances = voxel_map.positions(), voxel_map.colors(), voxel_map.instances()
             if self.semantic is None:
-                return (positions, colors, *voxel_map.labels())
+                return (positions, colors, *voxel_map.labels(), instances)
             features, has_features = voxel_map.features(), voxel_map.feature_weights() > 0
         model = self.semantic.model
         labels, scores = model.classify(features, self.config.vocabulary or model.vocabulary)
-        return positions, colors, np.where(has_features, labels, -1), np.where(has_features, scores, 0.0)
+        return (positions, colors, np.where(has_features, labels, -1), np.where(has_features, scores, 0.0),
+                instances)
 
     def _publish_cloud(self) -> None:
         if self.cloud_pub.get_subscription_count() == 0 or self._published_version == self._map_version:
             return
         version = self._map_version
         with self.timings.measure("publish_cloud"):
-            positions, colors, labels, scores = self._map_snapshot()
-            msg = pointcloud2_msg(semantic_cloud_points(positions, colors, labels, scores), self._last_stamp_ns,
+            msg = pointcloud2_msg(semantic_cloud_points(*self._map_snapshot()), self._last_stamp_ns,
                                   self.config.map_frame)
             self.cloud_pub.publish(msg)
         self._published_version = version

@@ -81,6 +81,25 @@ def array_to_pointcloud2_fields(points: np.ndarray) -> dict:
                 data=np.ascontiguousarray(points).reshape(-1).view(np.uint8), is_dense=_is_dense(points))
 
 
+SEMANTIC_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4"), ("label", "<i4"),
+                                 ("score", "<f4"), ("instance", "<i4")])
+"""Points of the semantic map cloud: position (metres, map frame), PCL-packed colour, class id (-1 none),
+confidence of the class in [0, 1], instance id of the map's instance layer (-1 none)."""
+
+
+def semantic_cloud_points(positions: np.ndarray, colors: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                          instances: np.ndarray | None = None) -> np.ndarray:
+    """Structured (M,) SEMANTIC_CLOUD_DTYPE array from per-voxel positions (M, 3), colours (M, 3) uint8 RGB,
+    labels (M,) int, label confidences (M,) and instance ids (M,) int (None: all -1)."""
+    points = np.empty(len(positions), dtype=SEMANTIC_CLOUD_DTYPE)
+    points["x"], points["y"], points["z"] = positions[:, 0], positions[:, 1], positions[:, 2]
+    points["rgb"] = pack_rgb(colors)
+    points["label"] = labels
+    points["score"] = scores
+    points["instance"] = -1 if instances is None else instances
+    return points
+
+
 def pack_rgb(colors: np.ndarray) -> np.ndarray:
     """(N, 3) uint8 RGB -> (N,) float32 whose bits are 0x00RRGGBB (PCL "rgb" field)."""
     colors = np.asarray(colors)
