@@ -95,17 +95,20 @@ def test_color_to_rgb_reorders_channels(encoding, channels, to_rgb):
 def test_semantic_cloud_matches_rosbags_decoding_of_the_same_bytes():
     positions = np.array([[0.0, 1.0, 2.0], [-1.5, 0.25, 3.0]], np.float32)
     colors = np.array([[255, 0, 10], [1, 2, 3]], np.uint8)
-    msg = pointcloud2_msg(semantic_cloud_points(positions, colors, np.array([3, -1]), np.array([0.5, 0.0])),
-                          7 * 10**9, "map")
+    msg = pointcloud2_msg(semantic_cloud_points(positions, colors, np.array([3, -1]), np.array([0.5, 0.0]),
+                                                np.array([-1, 12])), 7 * 10**9, "map")
     raw = serialize_message(msg)
     ours = pointcloud2_to_array(deserialize_message(raw, PointCloud2))
     typestore = get_typestore(Stores.ROS2_KILTED)
     theirs = typestore.deserialize_cdr(raw, "sensor_msgs/msg/PointCloud2")
-    assert [f.name for f in theirs.fields] == ["x", "y", "z", "rgb", "label", "score"]
-    assert theirs.point_step == 24 and theirs.width == 2 and theirs.header.stamp.sec == 7
+    assert [f.name for f in theirs.fields] == ["x", "y", "z", "rgb", "label", "score", "instance"]
+    assert theirs.point_step == 28 and theirs.width == 2 and theirs.header.stamp.sec == 7
     assert np.array_equal(pointcloud2_to_array(theirs), ours)
     assert np.array_equal(np.stack([ours["x"], ours["y"], ours["z"]], 1), positions)
     assert np.array_equal(unpack_rgb(ours["rgb"]), colors) and list(ours["label"]) == [3, -1]
+    assert list(ours["instance"]) == [-1, 12]
+    assert list(semantic_cloud_points(positions, colors, np.array([3, -1]), np.array([0.5, 0.0]))["instance"]) \
+        == [-1, -1]  # no instance layer: -1
 
 
 def test_transform_from_msg_hand_computed():
