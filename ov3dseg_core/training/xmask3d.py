@@ -48,6 +48,7 @@ from ov3dseg_core.training.captions import CaptionerConfig, SeenObject, view_cap
 from ov3dseg_core.training.config import TrainDataConfig
 from ov3dseg_core.training.map_windows import base_targets
 from ov3dseg_core.training.trainer import TrainerConfig, warmup_cosine
+from ov3dseg_core.training import view_captioners  # noqa: F401  (registers "ViTGPT2Captioner")
 
 
 @dataclass
@@ -58,8 +59,8 @@ class ViewDataConfig:
     depth_rel_tol: visibility test (metres / fraction of depth); min_object_points: objects with fewer visible
     points are not in the caption; rotate / scale_range: augmentation of the 3D input only (rotation about z,
     isotropic scale; the pixel correspondences are unchanged); captioner: a REGISTRY "view_captioner" config
-    (default the simulated ``SimViewCaptioner``; a real captioner such as ViT-GPT2 registers its own type, loads
-    its weights from a local path and captions the frame's colour image)."""
+    (default the simulated ``SimViewCaptioner``; ``ViTGPT2Captioner`` (training/view_captioners.py) loads a
+    VisionEncoderDecoder captioner from a local folder and captions the frame's colour image)."""
 
     image_size: list[int] = field(default_factory=lambda: [240, 320])
     frame_stride: int = 1
