@@ -12,7 +12,10 @@ the mapper writes per-voxel features and each voxel takes the class (of the spli
 whose text embedding is nearest. A bag runs any checkpoint through the node's semantic stage (3D models, or
 XMask3D with its 2D branch on key frames; the keyframe_* parameters of --params apply), and report.json gets
 "model": {"name": the --model value, "kind": "3d" or "2d+3d", "stages": {"2d": 2D-branch runs (key frames),
-"3d": 3D-branch runs}}; a dataset scene takes 3D checkpoints only (XMask3D: ``ov3dseg evaluate``).
+"3d": 3D-branch runs}}; a dataset scene takes 3D checkpoints only (XMask3D: ``ov3dseg evaluate``). When the map
+holds instances (a model with an instance decoder, Mosaic3D), report.json also gets "instances": mAP, AP50, AP25
+(base / novel, class-agnostic) of the map's instances against the ground-truth cloud's instance ids
+(``ov3dseg_core.eval.instances.live_instance_report``), also in report.md.
 
 Writes DIR/report.json (keys: miou, macc, fmiou, fmacc, per_class_iou, per_class_acc, num_points, coverage,
 voxel_size and, with --split, split, base_miou, novel_miou, hiou), DIR/report.md, DIR/per_class_iou.png,
@@ -41,6 +44,7 @@ from tqdm import tqdm
 from ov3dseg_core.config import from_dict
 from ov3dseg_core.eval.evaluate import EvalReport, evaluate_map
 from ov3dseg_core.eval.query_benchmark import class_record, markdown_query, query_report
+from ov3dseg_core.eval.instances import markdown_instances
 from ov3dseg_core.eval.report import markdown_model, markdown_table, model_entry, write_report
 from ov3dseg_core.eval.splits import Split, SplitError, load_split
 
@@ -97,9 +101,9 @@ def load_params(path: Path | None) -> dict[str, Any]:
     return dict(data)
 
 
-def read_bag_ground_truth(bag_path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_bag_ground_truth(bag_path: Path) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     """The latest ground-truth cloud of a bag: (points (N, 3) float32 metres map frame, labels (N,) int32,
-    label names)."""
+    label names, instance ids (N,) int32, -1 where the cloud has none)."""
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import get_typestore
 
@@ -124,7 +128,8 @@ def read_bag_ground_truth(bag_path: Path) -> tuple[np.ndarray, np.ndarray, list[
         raise EvalInputError(f"{bag_path}: {GT_POINTS_TOPIC} has no 'label' field (fields: {cloud.dtype.names})")
     points = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=1).astype(np.float32)
     finite = np.isfinite(points).all(axis=1)
-    return points[finite], cloud["label"][finite].astype(np.int32), list(names)
+    instances = cloud["instance"] if "instance" in cloud.dtype.names else np.full(len(cloud), -1)
+    return points[finite], cloud["label"][finite].astype(np.int32), list(names), instances[finite].astype(np.int32)
 
 
 def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path,
@@ -140,7 +145,7 @@ def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Sp
         raise EvalInputError(f"evaluating a bag replays it through the ROS node graph, which is not available here "
                              f"({exc}); run scripts/setup.sh, then . .venv/bin/activate") from None
 
-    points, labels, names = read_bag_ground_truth(bag_path)
+    points, labels, names, instances = read_bag_ground_truth(bag_path)
     if split is not None:
         split.label_lookup(names)  # fail before the replay when the split does not fit the bag's classes
     if not oracle:
@@ -161,8 +166,11 @@ def evaluate_bag(bag_path: Path, params: dict[str, Any], oracle: bool, split: Sp
                           for text, response in result.queries})
     if result.model is not None:
         from ov3dseg_core.training.evaluation import evaluate_features
+        from ov3dseg_core.eval.instances import live_instance_report
+        objects = live_instance_report(voxel_map, result.model.embed, points, labels, instances, names, split)
         return (evaluate_features(result.model, voxel_map, points, labels, names, split),
-                {"model": model_entry(model, result.model.kind, result.model_passes), "query": query})
+                {"model": model_entry(model, result.model.kind, result.model_passes), "query": query,
+                 **({"instances": objects} if objects is not None else {})})
     map_names = voxel_map.label_names or list(result.label_names)
     return evaluate_map(voxel_map, points, labels, names, split=split,
                         map_label_names=None if map_names == names else map_names), {"query": query}
@@ -255,6 +263,7 @@ def main(args: argparse.Namespace) -> int:
         summary = json.loads(paths["json"].read_text(encoding="utf-8"))
         paths["json"].write_text(json.dumps({**summary, **sections}, indent=2) + "\n", encoding="utf-8")
         text = (markdown_model(sections["model"]) if "model" in sections else "") + markdown_query(sections["query"])
+        text += markdown_instances(sections["instances"]) if "instances" in sections else ""
         with open(paths["markdown"], "a", encoding="utf-8") as f:
             f.write(text)
         print(text, end="")

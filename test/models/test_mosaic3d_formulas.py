@@ -111,7 +111,7 @@ def test_objects_nms_and_sampling():
 
 
 def test_instance_average_precision_and_greedy_matching():
-    from ov3dseg_core.models.methods.mosaic3d.instance_eval import average_precision, greedy_match
+    from ov3dseg_core.eval.instances import average_precision, greedy_match
 
     # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1: interpolated area 1/2 * 1 + 1/2 * 2/3
     assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 2) == pytest.approx(5 / 6)

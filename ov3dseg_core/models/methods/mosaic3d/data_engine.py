@@ -36,6 +36,7 @@ from scipy import ndimage
 from ov3dseg_core.atomic_write import atomic_path
 from ov3dseg_core.data.frames import RGBDFrame, Scene
 from ov3dseg_core.geometry.camera import PinholeCamera, project_points
+from ov3dseg_core.eval.instances import mask_iou
 from ov3dseg_core.geometry.transforms import invert_transform, transform_points
 from ov3dseg_core.models.methods.data import instance_proposals
 from ov3dseg_core.models.superpoints import voxel_superpoints
@@ -124,13 +125,6 @@ def lift_masks(points: np.ndarray, camera: PinholeCamera, T_world_camera: np.nda
     d = depth[v, u]
     visible = valid & (d > 0) & (np.abs(z - d) < epsilon)
     return masks[:, v, u] & visible[None]
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU (K, L) of binary masks a (K, N) and b (L, N) bool."""
-    inter = a.astype(np.float32) @ b.T.astype(np.float32)
-    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
-    return inter / np.maximum(union, 1.0)
 
 
 def merge_captions(masks: np.ndarray, masks3d: np.ndarray, iou_threshold: float) -> list[list[int]]:
