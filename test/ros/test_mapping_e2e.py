@@ -36,8 +36,9 @@ def test_semantic_cloud_geometry_colours_labels(mapped):
     cloud = rig.cloud
     assert cloud.header.frame_id == "map"
     assert cloud.header.stamp.sec * 10**9 + cloud.header.stamp.nanosec == STAMP  # source time, not "now"
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "label", "score"]
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "label", "score", "instance"]
     points = pointcloud2_to_array(cloud)
+    assert (points["instance"] == -1).all()  # no model with an instance decoder: no instances
     xyz = np.stack([points["x"], points["y"], points["z"]], axis=1)
 
     # Hand-computed: the wall 2 m ahead of a camera at (1, 2, 0.5) looking along map +x lies on the plane x = 3.
