@@ -1,5 +1,6 @@
-"""``ov3dseg model-info CONFIG [--json]``: build a model config on the CPU (random weights unless the config names
-local weights) and print its parameter count per component."""
+"""``ov3dseg model-info CONFIG [--json]``: build a model config (``model:``, e.g. XMask3D) or a method config
+(``method:``: SAS, GeoGuide, Mosaic3D) on the CPU (random weights unless the config names local weights) and print
+its parameter count per component."""
 from __future__ import annotations
 
 import argparse
@@ -21,25 +22,38 @@ def parameter_counts(model) -> dict[str, int]:
     return {"total": sum(p.numel() for p in model.parameters())}
 
 
+def _build(data: dict):
+    """The config's method (SAS, GeoGuide, Mosaic3D: ``method:``, a placeholder one-class vocabulary) or model
+    (``model:``, e.g. XMask3D) with random weights."""
+    if isinstance(data.get("method"), dict):
+        import torch
+
+        from ov3dseg_core.models.methods import method_class, method_config
+
+        config = method_config(data["method"])
+        return method_class(data["method"])(config, torch.ones(1, config.text_dim))
+    import ov3dseg_core.models.xmask3d  # noqa: F401  (registers the "model" group)
+    from ov3dseg_core.registry import REGISTRY
+
+    return REGISTRY.build("model", data["model"])
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         data = load_yaml(args.config)
     except ConfigError as exc:
         print(f"ov3dseg model-info: {exc}", file=sys.stderr)
         return 2
-    if not isinstance(data.get("model"), dict) or "type" not in data["model"]:
-        print(f"ov3dseg model-info: {args.config}: needs a 'model' section with a 'type'", file=sys.stderr)
+    section = next((data[k] for k in ("method", "model") if isinstance(data.get(k), dict) and "type" in data[k]), None)
+    if section is None:
+        print(f"ov3dseg model-info: {args.config}: needs a 'method' or 'model' section with a 'type'", file=sys.stderr)
         return 2
-    import ov3dseg_core.models.xmask3d  # noqa: F401  (registers the "model" group)
-    from ov3dseg_core.registry import REGISTRY
-
-    model = REGISTRY.build("model", data["model"])
-    counts = parameter_counts(model)
+    counts = parameter_counts(_build(data))
     if args.json:
         print(json.dumps(counts))
         return 0
     width = max(len(k) for k in counts)
-    print(f"{data['model']['type']} ({args.config})")
+    print(f"{section['type']} ({args.config})")
     for name, count in counts.items():
         print(f"  {name:<{width}}  {count:>13,d}  ({count / 1e6:8.2f} M)")
     return 0
