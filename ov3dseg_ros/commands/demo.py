@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
                      [(np.array(h["box_center"][:2]), np.array(h["size"][:2])) for h in hits], text)
 
     print("[4/5] evaluating the map against the scene's ground truth")
-    points, labels, names = read_bag_ground_truth(bag)
+    points, labels, names, _ = read_bag_ground_truth(bag)
     stage = result.model  # the node's model stage: its text space labels the map
     report = evaluate_features(stage, voxel_map, points, labels, names, split)
     write_report(report, out)
