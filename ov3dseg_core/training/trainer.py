@@ -2,7 +2,8 @@
 safetensors checkpoints with resume, tqdm progress, CSV + TensorBoard logs, and torch.distributed (torchrun).
 
 The model is any ``nn.Module`` with ``training_losses(batch: dict, step: int) -> dict[str, Tensor]`` whose
-``"loss"`` entry is the total to minimise; the other entries are logged. Multi-GPU / multi-node: launch with
+``"loss"`` entry is the total to minimise; the other entries are logged. A model with ``train_state_dict()`` /
+``load_train_state_dict(state)`` keeps that state (tensors) in the resume file beside the optimizer's. Multi-GPU / multi-node: launch with
 ``torchrun --nproc-per-node N -m ov3dseg_core.cli train CONFIG``; rank 0 logs and writes checkpoints.
 """
 from __future__ import annotations
@@ -143,8 +144,12 @@ class Trainer:
             save_train_state(path, {"optimizer": self.optimizer.state_dict(),
                                     "scheduler": self.scheduler.state_dict(),
                                     "scaler": self.scaler.state_dict(), "step": self.step,
-                                    "torch_rng": torch.get_rng_state()})
+                                    "torch_rng": torch.get_rng_state(), "model": self._model_train_state()})
         return path
+
+    def _model_train_state(self) -> dict[str, Any]:
+        """The model's own training state outside its weights (``train_state_dict``, e.g. SAS's TESD bank)."""
+        return self.model.train_state_dict() if hasattr(self.model, "train_state_dict") else {}
 
     def resume(self) -> bool:
         """Continue from ``out_dir/last.safetensors`` when it exists; returns whether it did."""
@@ -158,6 +163,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["torch_rng"])
+            if state.get("model") and hasattr(self.model, "load_train_state_dict"):
+                self.model.load_train_state_dict(state["model"])
         self.step = ckpt.step
         return True
 

@@ -83,3 +83,29 @@ def test_train_then_evaluate_methods(tmp_path):
         assert {"base_miou", "novel_miou", "hiou"} <= set(report) and np.sum(report["confusion"]) > 0
     log = (tmp_path / "sas" / "train_log.csv").read_text().splitlines()
     assert log[0].split(",")[3:] == ["loss", "distill_point", "distill_superpoint", "tesd_point", "tesd_superpoint"]
+
+
+def test_tesd_bank_survives_resume(tmp_path):
+    """Three steps, a restart from the checkpoint, three more: the TESD bank (and so the pseudo labels from step 4)
+    match an uninterrupted six-step run."""
+    from functools import partial
+
+    from ov3dseg_core.training.trainer import Trainer, TrainerConfig
+
+    def run(out, steps, resume):
+        torch.manual_seed(0)
+        model = SAS(SASConfig(backbone=TINY, text_dim=8, tesd_start=4, alpha=0.5), torch.eye(8)[:4])
+        cfg = TrainerConfig(max_steps=steps, batch_size=1, lr=1e-2, warmup_steps=0, min_lr_ratio=1.0,  # constant lr
+                            checkpoint_every=100)
+        trainer = Trainer(model, [_sample(0)], partial(collate_distill, bank_size=300), cfg, out,
+                          checkpoint_config={"method": {"type": "SAS"}}, vocabulary=["a", "b", "c", "d"])
+        trainer.fit(resume=resume)
+        return model
+
+    straight = run(tmp_path / "straight", 6, resume=False)
+    run(tmp_path / "split", 3, resume=False)
+    resumed = run(tmp_path / "split", 6, resume=True)
+    assert bool(resumed.bank.seen.all()) and torch.equal(resumed.bank.seen, straight.bank.seen)
+    assert torch.allclose(resumed.bank.values.float(), straight.bank.values.float(), atol=1e-3)
+    for key, value in straight.state_dict().items():
+        assert torch.allclose(resumed.state_dict()[key], value, atol=1e-4), key

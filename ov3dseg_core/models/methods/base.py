@@ -6,6 +6,8 @@ A method is an ``nn.Module`` with
   [-1, 1] and height, ``models.voxel_inputs``) and ``offset`` (B,), so ``MapSegmenter`` runs it like the default;
 - ``training_losses(batch, step) -> {"loss": total, ...}`` over batches of ``methods.data.collate_distill``;
 - ``lr_lambda(max_steps)``: its learning-rate multiplier per step (SAS: linear decay);
+- ``train_state_dict()`` / ``load_train_state_dict(state)``: training state outside the weights (SAS: the TESD
+  feature bank), kept in the trainer's resume state;
 - a config dataclass ``config_class`` (built from the YAML's ``method:`` mapping, whose ``type`` names the method)
   and a constructor ``(config, vocab_text)`` with vocab_text (K, D) the unit embeddings of its vocabulary.
 """
@@ -75,6 +77,13 @@ class DistillationMethod(nn.Module):
         super().__init__()
         self.cfg = config
         self.register_buffer("vocab_text", nn.functional.normalize(vocab_text.float(), dim=-1))
+
+    def train_state_dict(self) -> dict[str, Any]:
+        """Training state beside the weights (saved with the optimizer's by the trainer, restored on resume)."""
+        return {}
+
+    def load_train_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``train_state_dict`` returned."""
 
     def lr_lambda(self, max_steps: int) -> Callable[[int], float]:
         """Linear decay from 1 to ``min_lr_ratio`` over ``max_steps`` (SAS: 1e-4 -> 1e-5)."""

@@ -31,7 +31,7 @@ def superpoint_distillation(f3d: torch.Tensor, target_sp: torch.Tensor, superpoi
 class FeatureBank:
     """TESD's temporal ensemble F_hat <- alpha F_hat + (1 - alpha) F^3D (Eq. 11) per training voxel (float16,
     allocated on first use; a voxel's first feature initialises its entry). Training state, not a checkpoint
-    tensor."""
+    tensor: ``state_dict`` / ``load_state_dict`` carry it through the trainer's resume state."""
 
     def __init__(self, alpha: float):
         if not 0.0 <= alpha < 1.0:
@@ -51,6 +51,25 @@ class FeatureBank:
         self.values[index] = blended.to(torch.float16)
         self.seen[index] = True
         return blended
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The visited entries: ``index`` (M,) int64, ``values`` (M, C) float16, ``size`` () int64 (empty: unused)."""
+        if self.values is None:
+            return {}
+        index = torch.nonzero(self.seen).squeeze(1).cpu()
+        return {"index": index, "values": self.values[index.to(self.values.device)].cpu(),
+                "size": torch.tensor(self.values.shape[0])}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+        """Restore what ``state_dict`` returned (the bank as it was, unvisited entries unseen)."""
+        if not state:
+            self.values = self.seen = None
+            return
+        size, index = int(state["size"]), state["index"].to(device)
+        self.values = torch.zeros((size, state["values"].shape[1]), dtype=torch.float16, device=device)
+        self.seen = torch.zeros(size, dtype=torch.bool, device=device)
+        self.values[index] = state["values"].to(device, torch.float16)
+        self.seen[index] = True
 
 
 def self_distillation(logits: torch.Tensor, logits_sp: torch.Tensor, bank: torch.Tensor, superpoint: torch.Tensor,

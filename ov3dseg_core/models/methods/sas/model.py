@@ -50,6 +50,12 @@ class SAS(DistillationMethod):
         self.classifier = TextClassifier(init_temperature=config.init_temperature)
         self.bank = FeatureBank(config.alpha)
 
+    def train_state_dict(self) -> dict[str, Any]:
+        return {"bank": self.bank.state_dict()}
+
+    def load_train_state_dict(self, state: dict[str, Any]) -> None:
+        self.bank.load_state_dict(state.get("bank", {}), self.vocab_text.device)
+
     def forward(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
         """grid_coord (N, 3), feat (N, 4) of which only the height is used, offset (B,) -> (N, D) unit features."""
         inputs = {"grid_coord": data["grid_coord"], "feat": data["feat"][:, 3:4], "offset": data["offset"]}
