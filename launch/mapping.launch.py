@@ -29,7 +29,8 @@ def launch_arguments(share: str) -> list[tuple[str, str, str]]:
         ("use_sim_time", "false", "follow /clock (bag replay, simulation): true or false"),
         ("camera", DEFAULT_CAMERA, "topic prefix of the RGB-D camera ({camera}/color/image_raw, ...)"),
         ("lidar_topic", DEFAULT_LIDAR, "PointCloud2 topic of the LiDAR"),
-        ("model", "", "open-vocabulary model: 'default', a checkpoint path; empty = as in params_file"),
+        ("model", "", "open-vocabulary model: 'default', a checkpoint path (3D models, or XMask3D: 2D branch on key "
+                      "frames, keyframe_* parameters); empty = as in params_file"),
         ("device", "", "torch device (cpu, cuda, cuda:N); empty = as in params_file"),
         ("log_level", "info", "log level of the node: debug, info, warn, error or fatal"),
         ("rviz", "false", "also start RViz with rviz/ov3dseg.rviz: true or false"),

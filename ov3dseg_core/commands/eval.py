@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oracle", action="store_true",
                         help="use the ground-truth label images as the label input instead of a model")
     parser.add_argument("--model", default="default",
-                        help="model checkpoint (.safetensors) or 'default' (the embedded default); ignored with --oracle")
+                        help="model checkpoint (.safetensors: 3D models, or XMask3D with its 2D branch on key frames; "
+                             "a bag only) or 'default' (the embedded default); ignored with --oracle")
     parser.add_argument("--params", type=Path, help="mapping-node parameter YAML")
     parser.add_argument("--voxel-size", type=float, help="voxel edge length in metres (overrides --params)")
     parser.add_argument("--frame-stride", type=int, default=1, help="offline: use every n-th frame (default 1)")
