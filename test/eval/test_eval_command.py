@@ -82,14 +82,16 @@ def test_bag_ground_truth_round_trip(tmp_path):
     cloud = np.zeros(4, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("label", "<i4"), ("instance", "<i4")])
     cloud["x"] = [0.0, 1.0, np.nan, 3.0]
     cloud["label"] = [0, 1, 1, -1]
+    cloud["instance"] = [4, 7, 7, -1]
     bag = tmp_path / "gt_bag"
     with SensorBagWriter(bag) as writer:
         writer.write_pointcloud(10, "/ground_truth/points", "map", cloud)
         writer.write_label_names(NAMES)
     assert is_bag(bag) and not is_bag(tmp_path)
-    points, labels, names = read_bag_ground_truth(bag)
+    points, labels, names, instances = read_bag_ground_truth(bag)
     np.testing.assert_array_equal(points[:, 0], [0.0, 1.0, 3.0])  # the NaN point is dropped
     np.testing.assert_array_equal(labels, [0, 1, -1])
+    np.testing.assert_array_equal(instances, [4, 7, -1])
     assert names == NAMES
 
 
