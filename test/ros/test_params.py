@@ -42,6 +42,8 @@ def test_default_yaml_is_generated_from_the_dataclass_and_holds_its_defaults():
     ({"tf_timeout_s": math.nan}, ["tf_timeout_s"]),
     ({"vocabulary": ["chair", "chair"]}, ["vocabulary", "unique"]),
     ({"model": "/nonexistent/model.safetensors"}, ["parameter 'model'", "does not exist"]),
+    ({"keyframe_max_pending": 0}, ["keyframe_max_pending", "out of range"]),
+    ({"keyframe_min_rotation": 270.0}, ["keyframe_min_rotation", "out of range"]),
 ])
 def test_invalid_parameters_are_rejected_at_start_up(ros_context, params, fragments):
     with pytest.raises(ParameterError) as info:
