@@ -6,8 +6,8 @@ and the output timers never wait for each other, and none depends on rclpy's Mul
 callbacks only file messages (stamp matching, a bounded TF-gated queue); one worker thread decodes, looks up
 map <- sensor and integrates each frame through a list of stages (``add_frame_stage``); the model runs in a thread
 of its own (SemanticStage: a 3D model, or XMask3D with its 2D branch on key frames), so integration never waits
-for it. Every callback is fail-safe: an exception is
-logged, counted (``callback_errors``) and a service answers success false.
+for it. Every callback is fail-safe: an exception is logged, counted (``callback_errors``) and a service answers
+success false.
 """
 from __future__ import annotations
 
