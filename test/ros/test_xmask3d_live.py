@@ -20,7 +20,8 @@ from ov3dseg_core.training.xmask3d import checkpoint_config, load_train_config
 from ov3dseg_ros.replay import replay_bag
 
 FRAMES = 4
-PARAMS = {"model_rate_hz": 0.0, "model_window_radius": 8.0, "lidar_topics": []}
+PARAMS = {"model_rate_hz": 0.0, "model_window_radius": 8.0, "lidar_topics": [],
+          "tf_timeout_s": 30.0}  # bag time a frame waits for /tf_static, which may match late on a loaded machine
 
 
 @pytest.fixture(scope="module")
