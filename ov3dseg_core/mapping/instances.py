@@ -93,17 +93,17 @@ def merge_pass(current: np.ndarray, masks: np.ndarray, scores: np.ndarray, embed
     kept = np.flatnonzero(np.bincount(owner[owner >= 0], minlength=o))  # objects that own a voxel
     local = np.full(o, -1, np.int64)
     local[kept] = np.arange(len(kept))
-    owner = np.where(owner >= 0, local[np.maximum(owner, 0)], -1)
+    owned = owner >= 0
+    owner[owned] = local[owner[owned]]
     k = len(kept)
 
     present, old = np.unique(current, return_inverse=True)  # instances in the window (and -1)
     old = old.reshape(-1) - int(present[0] < 0 if len(present) else 0)
     present = present[present >= 0]
-    both = (owner >= 0) & (old >= 0)
+    both = owned & (old >= 0)
     inter = np.bincount(owner[both] * len(present) + old[both], minlength=k * len(present)).reshape(k, len(present))
-    union = np.bincount(owner[owner >= 0], minlength=k)[:, None] + np.bincount(old[old >= 0],
-                                                                              minlength=len(present))[None] - inter
-    iou = inter / np.maximum(union, 1)
+    sizes, old_sizes = np.bincount(owner[owned], minlength=k), np.bincount(old[old >= 0], minlength=len(present))
+    iou = inter / np.maximum(sizes[:, None] + old_sizes[None] - inter, 1)  # (k, instances in the window)
     rows, cols = linear_sum_assignment(-iou) if iou.size else (np.zeros(0, int), np.zeros(0, int))
     good = iou[rows, cols] >= iou_threshold
     ids = np.full(k, -1, np.int64)
@@ -113,12 +113,11 @@ def merge_pass(current: np.ndarray, masks: np.ndarray, scores: np.ndarray, embed
     emb = _unit(np.asarray(embeddings, dtype=np.float32)[kept])
     obj_scores = scores[kept]
     matched = np.flatnonzero(ids >= 0)
-    if len(matched):
-        target = ids[matched]
-        n = table.passes[target].astype(np.float32)[:, None]
-        table.embeddings[target] = _unit(table.embeddings[target] * n + emb[matched])
-        table.scores[target] = (table.scores[target] * n[:, 0] + obj_scores[matched]) / (n[:, 0] + 1)
-        table.passes[target] += 1
+    target = ids[matched]
+    n = table.passes[target].astype(np.float32)
+    table.embeddings[target] = _unit(table.embeddings[target] * n[:, None] + emb[matched])
+    table.scores[target] = (table.scores[target] * n + obj_scores[matched]) / (n + 1)
+    table.passes[target] += 1
     new = np.flatnonzero(ids < 0)
     free = np.setdiff1d(np.flatnonzero(np.asarray(voxel_counts) == 0), present)[:len(new)]
     fresh = np.arange(len(table), len(table) + len(new) - len(free))
@@ -129,7 +128,8 @@ def merge_pass(current: np.ndarray, masks: np.ndarray, scores: np.ndarray, embed
     table.embeddings[ids[new]] = emb[new]
     table.scores[ids[new]] = obj_scores[new]
     table.passes[ids[new]] = 1
-    window_ids = np.where(owner >= 0, ids[np.maximum(owner, 0)], -1).astype(np.int32)
+    window_ids = np.full(v, -1, np.int32)
+    window_ids[owned] = ids[owner[owned]]
     return window_ids, table, PassResult(k, len(matched), len(new))
 
 

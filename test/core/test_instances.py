@@ -80,6 +80,11 @@ def test_overlapping_masks_go_to_the_better_object_and_free_ids_are_reused():
     ids, table, result = merge_pass(np.array([-1, -1]), np.array([[1, 1]], bool), np.array([0.5]), E[3:],
                                     table, np.array([0, 3]))
     assert ids.tolist() == [0, 0] and len(table) == 2 and table.passes.tolist() == [1, 1]
+    # a pass without objects empties its window; an empty window changes nothing
+    ids, same, result = merge_pass(np.array([0, 1, -1]), np.zeros((0, 3), bool), np.zeros(0), E[:0], table,
+                                   np.array([2, 1]))
+    assert ids.tolist() == [-1, -1, -1] and result.objects == 0 and len(same) == 2
+    assert merge_pass(np.zeros(0), np.zeros((0, 0), bool), np.zeros(0), E[:0], table, np.array([2, 1]))[0].size == 0
 
 
 def test_instances_survive_save_and_load_and_crafted_ids_are_rejected(room, tmp_path):
