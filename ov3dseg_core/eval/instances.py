@@ -144,19 +144,22 @@ def evaluate_map_instances(voxel_map, points: np.ndarray, labels: np.ndarray, in
 def live_instance_report(voxel_map, embed, points: np.ndarray, labels: np.ndarray, instances: np.ndarray,
                          label_names: Sequence[str], split: Split | None = None) -> dict | None:
     """The report.json section "instances" of a map written by the live node (``evaluate_map_instances`` over the
-    split's evaluated classes, else the ground truth's), or None when the map holds no instances (a model without
-    an instance decoder). embed: texts -> (C, D) unit text embeddings in the map's feature space (the stage's)."""
+    split's evaluated classes, else the ground truth's; null where undefined), or None when the map holds no
+    instances (a model without an instance decoder). embed: texts -> (C, D) unit text embeddings in the map's
+    feature space (the stage's)."""
     if not (voxel_map.instances() >= 0).any():
         return None
     classes = list(split.evaluated if split is not None else label_names)
     text = embed(classes)
     text = text.detach().cpu().numpy() if hasattr(text, "detach") else np.asarray(text)
-    return evaluate_map_instances(voxel_map, points, labels, instances, label_names, classes, text, split)
+    report = evaluate_map_instances(voxel_map, points, labels, instances, label_names, classes, text, split)
+    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in report.items()}
 
 
 def markdown_instances(report: dict) -> str:
-    """The summary numbers of an instance report (percent) as a markdown table, with the instance counts."""
-    keys = [k for k, v in report.items() if isinstance(v, float)]
-    cells = ["n/a" if np.isnan(report[k]) else f"{100 * report[k]:.1f}" for k in keys]
+    """The summary numbers of an instance report (percent; n/a = undefined) as a markdown table, with the instance
+    counts."""
+    keys = [k for k, v in report.items() if isinstance(v, float) or v is None]
+    cells = ["n/a" if report[k] is None or np.isnan(report[k]) else f"{100 * report[k]:.1f}" for k in keys]
     return (f"\nInstances (map: {report['map_instances']}, ground truth: {report['gt_instances']}):\n\n| "
             + " | ".join(keys) + " |\n|" + "---:|" * len(keys) + "\n| " + " | ".join(cells) + " |\n")
