@@ -6,8 +6,11 @@ the inputs of chosen ResNet blocks (UNet decoder blocks, VAE encoder and decoder
 multi-scale features; ``MultiScaleProjection`` (trainable) projects them and sums them per output stride.
 
 Weights: ``pretrained`` names a local diffusers folder (e.g. a Stable Diffusion 1.5 snapshot with ``unet/``,
-``vae/``, optionally ``text_encoder/`` + ``tokenizer/`` for the empty-prompt embedding); without it the UNet and
-VAE are built with random weights from a preset name ("sd15") or a diffusers config dict.
+``vae/``, optionally ``text_encoder/`` + ``tokenizer/`` for the empty-prompt embedding) or one original-layout
+Stable Diffusion 1.x file (``.safetensors`` / ``.ckpt``, e.g. ``v1-5-pruned-emaonly.safetensors``: keys
+``model.diffusion_model.*`` and ``first_stage_model.*``), converted offline with diffusers' own key mapping into
+the architectures named by ``unet`` / ``vae``. Without it the UNet and VAE are built with random weights from a
+preset name ("sd15") or a diffusers config dict.
 """
 from __future__ import annotations
 
@@ -49,8 +52,9 @@ PRESETS = {"sd15": (SD15_UNET, SD15_VAE)}
 
 @dataclass
 class DiffusionConfig:
-    """pretrained: local diffusers folder (None = random weights from ``unet`` / ``vae``: a preset name or a
-    diffusers config dict); timestep: fixed t of Eq. 2 (ODISE: 0); noise_seed: seed of the fixed noise;
+    """pretrained: local diffusers folder or original-layout single file (None = random weights); ``unet`` /
+    ``vae``: the architectures, a preset name or a diffusers config dict (ignored for a diffusers folder, which
+    carries its own configs); timestep: fixed t of Eq. 2 (ODISE: 0); noise_seed: seed of the fixed noise;
     num_tokens: condition tokens T (77 for SD's CLIP text encoder); unet_taps / vae_encoder_taps /
     vae_decoder_taps: [block, resnet] pairs whose ResNet input is a feature map (ODISE's defaults for SD 1.x);
     projection_dim / min_stride / max_stride: the trainable projection of the taps (strides are clamped);
@@ -83,6 +87,39 @@ def _arch(spec: Any, index: int, what: str) -> dict[str, Any]:
     raise ValueError(f"{what} must be a preset name or a diffusers config dict, got {type(spec).__name__}")
 
 
+def load_single_file(path: Path, unet_config: dict[str, Any], vae_config: dict[str, Any],
+                     ) -> tuple[UNet2DConditionModel, AutoencoderKL]:
+    """UNet and VAE from one original-layout Stable Diffusion file (``model.diffusion_model.*``,
+    ``first_stage_model.*``; safetensors, or a pickle read with ``weights_only``), built from the given diffusers
+    configs and filled through ``diffusers.loaders.single_file_utils`` (no hub access). ValueError naming the
+    keys when the file does not fit the architectures."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from ov3dseg_core.models.backbones.checkpoint import read_state_dict
+
+    state = read_state_dict(path)
+    if not any(k.startswith("model.diffusion_model.") for k in state) or not any(
+            k.startswith("first_stage_model.") for k in state):
+        raise ValueError(f"{path} is not an original-layout Stable Diffusion checkpoint (no model.diffusion_model.* "
+                         "UNet or first_stage_model.* VAE keys)")
+    unet = UNet2DConditionModel.from_config(unet_config)
+    vae = AutoencoderKL.from_config(vae_config)
+    for name, model, converted in (
+            ("UNet", unet, convert_ldm_unet_checkpoint(state, unet.config)),
+            ("VAE", vae, convert_ldm_vae_checkpoint({k: v for k, v in state.items()
+                                                    if k.startswith("first_stage_model.")}, vae.config))):
+        target = model.state_dict()
+        missing = sorted(set(target) - set(converted))
+        unexpected = sorted(set(converted) - set(target))
+        mismatched = [k for k in set(target) & set(converted) if target[k].shape != converted[k].shape]
+        if missing or unexpected or mismatched:
+            raise ValueError(f"the {name} of {path} does not fit the configured architecture: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}, shape mismatches {mismatched[:5]} (of {len(missing)}, "
+                             f"{len(unexpected)}, {len(mismatched)})")
+        model.load_state_dict(converted)
+    return unet, vae
+
+
 class DiffusionFeatureExtractor(nn.Module):
     """Frozen VAE + UNet returning the tapped feature maps of an image under given condition tokens.
 
@@ -94,10 +131,14 @@ class DiffusionFeatureExtractor(nn.Module):
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
         self.cfg = cfg
-        if cfg.pretrained is not None:
+        if cfg.pretrained is not None and Path(cfg.pretrained).expanduser().is_file():
+            self.unet, self.vae = load_single_file(Path(cfg.pretrained).expanduser(), _arch(cfg.unet, 0, "unet"),
+                                                   _arch(cfg.vae, 1, "vae"))
+        elif cfg.pretrained is not None:
             root = Path(cfg.pretrained).expanduser()
             if not (root / "unet").is_dir() or not (root / "vae").is_dir():
-                raise FileNotFoundError(f"{root} is not a diffusers Stable Diffusion folder (needs unet/ and vae/)")
+                raise FileNotFoundError(f"{root} is neither a diffusers Stable Diffusion folder (needs unet/ and vae/) "
+                                        "nor a single-file checkpoint")
             self.unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet")
             self.vae = AutoencoderKL.from_pretrained(root, subfolder="vae")
         else:

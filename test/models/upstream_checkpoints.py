@@ -160,3 +160,62 @@ def sparse(coords: np.ndarray, feats: np.ndarray) -> spconv.SparseConvTensor:
     """A one-scene spconv tensor of voxels ``coords`` (N, 3) >= 0 with features (N, C) (float32)."""
     indices = torch.cat([torch.zeros(len(coords), 1, dtype=torch.int32), torch.from_numpy(coords).int()], dim=1)
     return spconv.SparseConvTensor(torch.from_numpy(feats).float(), indices, (coords.max(axis=0) + 8).tolist(), 1)
+
+
+def original_sd_layout(unet: dict[str, torch.Tensor], vae: dict[str, torch.Tensor], unet_config: dict,
+                       vae_config: dict) -> dict[str, torch.Tensor]:
+    """A diffusers UNet + VAE state dict renamed into the original (CompVis LDM) single-file layout of Stable
+    Diffusion 1.x checkpoints: ``model.diffusion_model.*`` (openaimodel: input_blocks / middle_block /
+    output_blocks, resnets as in_layers / emb_layers / out_layers / skip_connection) and ``first_stage_model.*``
+    (encoder.down.i.block.j, decoder.up numbered from the lowest resolution, attention q/k/v/proj_out as 1x1
+    convolutions), written from that layout, independently of diffusers' converter."""
+    per = unet_config["layers_per_block"]
+    blocks = len(unet_config["block_out_channels"])
+    unet_prefix = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
+                   ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
+                   ("mid_block.resnets.0.", "middle_block.0."), ("mid_block.attentions.0.", "middle_block.1."),
+                   ("mid_block.resnets.1.", "middle_block.2.")]
+    for b in range(blocks):
+        for j in range(per):
+            unet_prefix += [(f"down_blocks.{b}.resnets.{j}.", f"input_blocks.{1 + b * (per + 1) + j}.0."),
+                            (f"down_blocks.{b}.attentions.{j}.", f"input_blocks.{1 + b * (per + 1) + j}.1.")]
+        unet_prefix.append((f"down_blocks.{b}.downsamplers.0.conv.", f"input_blocks.{(b + 1) * (per + 1)}.0.op."))
+        has_attention = unet_config["up_block_types"][b].startswith("CrossAttn")
+        for j in range(per + 1):
+            unet_prefix += [(f"up_blocks.{b}.resnets.{j}.", f"output_blocks.{b * (per + 1) + j}.0."),
+                            (f"up_blocks.{b}.attentions.{j}.", f"output_blocks.{b * (per + 1) + j}.1.")]
+        unet_prefix.append((f"up_blocks.{b}.upsamplers.0.", f"output_blocks.{b * (per + 1) + per}."
+                            f"{2 if has_attention else 1}."))
+    resnet_parts = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("time_emb_proj.", "emb_layers.1."),
+                    ("norm2.", "out_layers.0."), ("conv2.", "out_layers.3."), ("conv_shortcut.", "skip_connection.")]
+    out = {}
+    for key, value in unet.items():
+        old, new = next((o, n) for o, n in unet_prefix if key.startswith(o))
+        rest = key[len(old):]
+        if ".resnets." in old or old.startswith(("mid_block.resnets",)):
+            rest = next((n + rest[len(o):] for o, n in resnet_parts if rest.startswith(o)), rest)
+        out["model.diffusion_model." + new + rest] = value
+
+    ups = len(vae_config["up_block_types"])
+    vae_prefix = [("encoder.conv_norm_out.", "encoder.norm_out."), ("decoder.conv_norm_out.", "decoder.norm_out.")]
+    for part in ("encoder", "decoder"):
+        vae_prefix += [(f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1."),
+                       (f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2."),
+                       (f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.")]
+    for i in range(len(vae_config["down_block_types"])):
+        vae_prefix += [(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."),
+                       (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.")]
+    for i in range(ups):
+        vae_prefix += [(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{ups - 1 - i}.block."),
+                       (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{ups - 1 - i}.upsample.")]
+    attention_parts = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
+                       ("to_out.0.", "proj_out.")]
+    for key, value in vae.items():
+        old, new = next(((o, n) for o, n in vae_prefix if key.startswith(o)), ("", ""))
+        rest = key[len(old):].replace("conv_shortcut.", "nin_shortcut.")
+        if old.endswith("attentions.0."):
+            rest = next(n + rest[len(o):] for o, n in attention_parts if rest.startswith(o))
+            if rest.endswith("weight") and value.ndim == 2:
+                value = value[:, :, None, None]  # Linear -> 1x1 convolution
+        out["first_stage_model." + new + rest] = value
+    return out
