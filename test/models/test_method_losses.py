@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from ov3dseg_core.models.methods.geoguide.model import GeoGuide, GeoGuideConfig
-from ov3dseg_core.models.methods.losses import FeatureBank, gram_mse, self_distillation, superpoint_distillation
+from ov3dseg_core.models.methods.losses import (
+    FeatureBank, gram_mse, self_distillation, superpoint_distillation, vocabulary_distillation,
+)
 from ov3dseg_core.models.pooling import scatter_mean
 
 TINY = {"type": "SpUNet14A", "base_channels": 8, "channels": [8, 8, 8, 8, 8, 8, 8, 8]}
@@ -20,6 +22,20 @@ def test_eq10_superpoint_distillation():
     assert torch.isclose(loss_sp, torch.tensor(((1 - 1.0) + (1 - 0.0)) / 2))              # pooled (0.5, 0.5) vs (1, 1)
     loss_p, loss_sp = superpoint_distillation(f3d, target_sp, superpoint, torch.tensor([True, False]))
     assert torch.isclose(loss_p, torch.tensor(1 - c)) and torch.isclose(loss_sp, torch.tensor(0.0), atol=1e-6)
+
+
+def test_vocabulary_distillation_soft_labels():
+    text = torch.eye(3)
+    f3d = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), dim=-1)
+    superpoint = torch.tensor([0, 0, 2])
+    target_sp = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    has_sp = torch.tensor([True, False, True])
+    tau = 0.5
+    kl_p, kl_sp = vocabulary_distillation(f3d, target_sp, superpoint, has_sp, text, tau)
+    soft = torch.softmax(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2 ** -0.5, 2 ** -0.5]]) / tau, dim=-1)
+    assert torch.isclose(kl_p, F.cross_entropy(f3d / tau, soft[[0, 0, 1]]))
+    f_sp = torch.tensor([[2 ** -0.5, 2 ** -0.5, 0.0], [0.0, 0.0, 1.0]])  # superpoint 0: mean of two points
+    assert torch.isclose(kl_sp, F.cross_entropy(f_sp / tau, soft))
 
 
 def test_feature_bank_ema():
@@ -66,6 +82,8 @@ def test_usd_with_constant_reliability_is_mean_pooling():
     mean_sp = scatter_mean(F.normalize(target[has], dim=-1), sp[has], 3)
     loss_p, loss_sp = superpoint_distillation(sem, mean_sp, sp, torch.ones(3, dtype=torch.bool))
     assert torch.isclose(usd, loss_p + loss_sp, atol=1e-6)
+    plain = _geoguide(learned_reliability=False)  # the "w/o USD" ablation: mean pooling whatever W would say
+    assert torch.isclose(plain._usd(geo, sem, target, has, sp, 3), loss_p + loss_sp, atol=1e-6)
 
 
 def test_usd_weights_follow_reliability():

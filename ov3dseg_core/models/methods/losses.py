@@ -1,5 +1,6 @@
 """Losses shared by the distillation methods: cosine distillation at point and superpoint level (SAS Eq. 10,
-GeoGuide L_sp), TESD's EMA feature bank and self-distillation CE (SAS Eqs. 11-13), Gram-matrix MSE (GeoGuide IIRC)."""
+GeoGuide L_sp) and its vocabulary-softmax form, TESD's EMA feature bank and self-distillation CE (SAS Eqs. 11-13),
+Gram-matrix MSE (GeoGuide IIRC)."""
 from __future__ import annotations
 
 import torch
@@ -26,6 +27,23 @@ def superpoint_distillation(f3d: torch.Tensor, target_sp: torch.Tensor, superpoi
     f_sp3d = scatter_mean(f3d, superpoint, len(target_sp))
     return (cosine_distance(f3d[points], target_sp[superpoint[points]].detach()),
             cosine_distance(f_sp3d[has_sp], target_sp[has_sp].detach()))
+
+
+def vocabulary_distillation(f3d: torch.Tensor, target_sp: torch.Tensor, superpoint: torch.Tensor,
+                            has_sp: torch.Tensor, text: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 10 read through the vocabulary: soft labels softmax(cos(f_SP^2D, T) / tau) against the student's
+    softmax(cos(F^3D, T) / tau) per point and per superpoint (cross-entropy), same points and superpoints as
+    ``superpoint_distillation``. text (K, C) unit class embeddings. Text embeddings share a common direction
+    (MiniLM prompts: mean pairwise cosine 0.51), so the cosine loss is mostly met by that direction; this term
+    weighs only the differences between the classes."""
+    points = has_sp[superpoint]
+    soft = torch.softmax(F.normalize(target_sp[has_sp], dim=-1) @ text.t() / tau, dim=-1).detach()
+    index = torch.cumsum(has_sp.long(), 0) - 1                  # superpoint id -> row of soft
+    f_sp3d = F.normalize(scatter_mean(f3d, superpoint, len(target_sp))[has_sp], dim=-1)
+    if not bool(points.any()):
+        return f3d.sum() * 0.0, f3d.sum() * 0.0
+    return (F.cross_entropy(F.normalize(f3d[points], dim=-1) @ text.t() / tau, soft[index[superpoint[points]]]),
+            F.cross_entropy(f_sp3d @ text.t() / tau, soft))
 
 
 class FeatureBank:

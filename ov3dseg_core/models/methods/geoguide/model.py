@@ -38,7 +38,9 @@ class GeoGuideConfig(MethodConfig):
     """backbone_checkpoint: an ov3dseg checkpoint whose ``backbone.*`` weights (and backbone config, input
     channels) are taken ("default" = the embedded default); backbone / in_channels: filled from it; hidden: adapter
     width; lambda_sp / lambda_mask / lambda_sim: lambda1..3; occlusion: fraction of each proposal hidden in IMR;
-    mask_logit_scale: IMR's cos scale; min_proposal_points: smaller proposals are left out of IMR and IIRC."""
+    mask_logit_scale: IMR's cos scale; min_proposal_points: smaller proposals are left out of IMR and IIRC;
+    learned_reliability: USD's learned weights W (False: every point of a superpoint weighs the same, plain superpoint
+    distillation, the "w/o USD" ablation)."""
 
     backbone_checkpoint: str = "default"
     backbone: dict[str, Any] = field(default_factory=dict)
@@ -50,6 +52,7 @@ class GeoGuideConfig(MethodConfig):
     occlusion: float = 0.5
     mask_logit_scale: float = 1.0
     min_proposal_points: int = 10
+    learned_reliability: bool = True
 
 
 def resolve_backbone(cfg: GeoGuideConfig) -> tuple[GeoGuideConfig, dict[str, torch.Tensor]]:
@@ -123,11 +126,13 @@ class GeoGuide(DistillationMethod):
     def _usd(self, geo, sem, target, has, sp, num_sp) -> torch.Tensor:
         """Uncertainty-weighted superpoint distillation over the points with a 2D target."""
         geo_h, f2d, sp_h = geo[has], F.normalize(target[has], dim=-1), sp[has]
-        s_geo = scatter_mean(geo_h, sp_h, num_sp)[sp_h]
-        s_2d = scatter_mean(f2d, sp_h, num_sp)[sp_h]
-        logits = self.reliability(torch.cat([s_geo - geo_h, s_2d - f2d], dim=1)).squeeze(1)
-        weight = scatter_softmax(logits, sp_h, num_sp)
-        pooled = scatter_weighted_mean(f2d, weight, sp_h, num_sp)  # S_bar_2d
+        if self.cfg.learned_reliability:
+            s_geo = scatter_mean(geo_h, sp_h, num_sp)[sp_h]
+            s_2d = scatter_mean(f2d, sp_h, num_sp)[sp_h]
+            logits = self.reliability(torch.cat([s_geo - geo_h, s_2d - f2d], dim=1)).squeeze(1)
+            pooled = scatter_weighted_mean(f2d, scatter_softmax(logits, sp_h, num_sp), sp_h, num_sp)  # S_bar_2d
+        else:
+            pooled = scatter_mean(f2d, sp_h, num_sp)
         has_sp = torch.bincount(sp_h, minlength=num_sp) > 0
         points = has_sp[sp]
         return (cosine_distance(sem[points], pooled[sp[points]])

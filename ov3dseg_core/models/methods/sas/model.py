@@ -5,7 +5,8 @@ Signals and losses:
 
 - target F_fusion^2D (per voxel, from ``methods.data``): the dense teacher's and the text-aligned mask teacher's
   multi-view features fused by Eqs. 6-8 with each teacher's capability (``teachers.capability``);
-- L_p + L_sp (Eq. 10): the target mean-pooled over superpoints, against the student per point and per superpoint;
+- L_p + L_sp (Eq. 10): the target mean-pooled over superpoints, against the student per point and per superpoint
+  (cosine; with ``vocab_tau`` > 0 also as soft labels over the vocabulary, see ``losses.vocabulary_distillation``);
 - TESD (Eqs. 11-13) from ``tesd_start`` (the paper: epoch 71 of 100): an EMA bank of the student's own features
   (alpha) gives pseudo labels over the prebuilt vocabulary, per point and per superpoint, for a CE on the
   student's cosine logits (learnable temperature). Until then the bank is filled but unused.
@@ -23,7 +24,9 @@ import torch.nn.functional as F
 
 from ov3dseg_core.models.heads import TextClassifier
 from ov3dseg_core.models.methods.base import DistillationMethod, MethodConfig
-from ov3dseg_core.models.methods.losses import FeatureBank, self_distillation, superpoint_distillation
+from ov3dseg_core.models.methods.losses import (
+    FeatureBank, self_distillation, superpoint_distillation, vocabulary_distillation,
+)
 from ov3dseg_core.models.pooling import scatter_mean
 from ov3dseg_core.registry import REGISTRY
 
@@ -31,13 +34,16 @@ from ov3dseg_core.registry import REGISTRY
 @dataclass
 class SASConfig(MethodConfig):
     """backbone: REGISTRY "backbone" config (paper: MinkUNet18A); tesd_start: step from which TESD is on;
-    alpha: EMA factor of the feature bank; tesd_weight: weight of L^ST (the paper adds the two losses)."""
+    alpha: EMA factor of the feature bank; tesd_weight: weight of L^ST (the paper adds the two losses);
+    vocab_tau: > 0 adds Eq. 10's targets as soft labels over the vocabulary at this temperature
+    (``losses.vocabulary_distillation``, not in the paper; 0 = off)."""
 
     backbone: dict[str, Any] = field(default_factory=lambda: {"type": "MinkUNet18A"})
     tesd_start: int = 700
     alpha: float = 0.9
     tesd_weight: float = 1.0
     init_temperature: float = 0.07
+    vocab_tau: float = 0.0
 
 
 @REGISTRY.register("method", "SAS")
@@ -68,6 +74,9 @@ class SAS(DistillationMethod):
         target_sp = scatter_mean(batch["target"][has], sp[has], num_sp)
         has_sp = torch.bincount(sp[has], minlength=num_sp) > 0
         loss_p, loss_sp = superpoint_distillation(f3d, target_sp, sp, has_sp)
+        if self.cfg.vocab_tau > 0:
+            vocab_p, vocab_sp = vocabulary_distillation(f3d, target_sp, sp, has_sp, self.vocab_text, self.cfg.vocab_tau)
+            loss_p, loss_sp = loss_p + vocab_p, loss_sp + vocab_sp
         bank = self.bank.update(batch["bank_index"], f3d, int(batch["bank_size"]))
         st_p = st_sp = f3d.sum() * 0.0
         if step >= self.cfg.tesd_start:
