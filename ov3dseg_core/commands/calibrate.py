@@ -11,8 +11,10 @@ writes a calibrated copy to --out):
 - ``extra["query"]`` = {threshold, floor, calibrated_on, min_voxels, voxel_size, objective, validation:
   {present_recall, absent_false_alarm, top1_precision}, ...}: the /query decision (ov3dseg_core.mapping.query).
 
-CHECKPOINT may be ``default`` (the embedded default). The mapping node, ``ov3dseg evaluate``, ``ov3dseg eval`` and
-``ov3dseg demo`` read both from the checkpoint.
+CHECKPOINT may be ``default`` (the embedded default) or any checkpoint the node runs: the scene's features come
+from its semantic stage (``models.semantic_stage``) as in the node, so an XMask3D checkpoint sees the scene's key
+frames (its ``KeyFramePolicy``) in its 2D branch; ``--fit-margin`` needs a 3D-only model. The mapping node,
+``ov3dseg evaluate``, ``ov3dseg eval`` and ``ov3dseg demo`` read both from the checkpoint.
 """
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
     from ov3dseg_core.data.readers import open_scene
     from ov3dseg_core.eval.label_calibration import fit_labelled_margin, scene_cosines
     from ov3dseg_core.eval.splits import load_split
-    from ov3dseg_core.models.map_segmenter import LABELLED_MARGIN_KEY, MapSegmenter, resolve_checkpoint
+    from ov3dseg_core.models.map_segmenter import LABELLED_MARGIN_KEY, resolve_checkpoint
+    from ov3dseg_core.models.semantic_stage import KeyFramePolicy, load_semantic_stage
     from ov3dseg_core.training.checkpoint import read_metadata, update_extra
     from ov3dseg_core.training.evaluation import fuse_scene
     from ov3dseg_core.training.scenes import simulated_scene_dir
@@ -64,22 +67,29 @@ def main(args: argparse.Namespace) -> int:
     try:
         seeds = parse_seeds(args.seeds)
         checkpoint = resolve_checkpoint(args.checkpoint)
-        split = load_split(read_metadata(checkpoint)["config"]["split"])
-        segmenter = MapSegmenter.from_checkpoint(checkpoint)
+        config = read_metadata(checkpoint)["config"]
+        split = load_split(config.get("split") or config["model"]["split"])  # XMask3D: in its model config
+        stage = load_semantic_stage(checkpoint, policy=KeyFramePolicy(max_pending=args.frames))
     except (OSError, ValueError, KeyError) as exc:
         print(f"ov3dseg calibrate: {exc}", file=sys.stderr)
         return 2
     if args.min_voxels < 1:
         print("ov3dseg calibrate: --min-voxels must be >= 1", file=sys.stderr)
         return 2
+    if args.fit_margin and stage.kind != "3d":
+        print(f"ov3dseg calibrate: --fit-margin needs a 3D-only model; {checkpoint.name} is {stage.kind}",
+              file=sys.stderr)
+        return 2
     scores, cosines = [], []  # query cosines per class; label cosines per scene (--fit-margin)
     for seed in tqdm(seeds, desc="validation scenes", unit="scene"):
         scene = open_scene(simulated_scene_dir(seed, args.frames, args.cache_dir))
-        voxel_map = fuse_scene(scene, args.voxel_size, segmenter.feature_dim)
-        segmenter.update(voxel_map)
-        scores += class_scores(segmenter, voxel_map, scene.points, scene.labels, scene.label_names, split.evaluated)
+        voxel_map = fuse_scene(scene, args.voxel_size, stage.feature_dim)
+        for frame in scene.frames:  # key frames for a 2D+3D stage (the 3D kind keeps none)
+            stage.offer_frame(frame)
+        stage.update(voxel_map)
+        scores += class_scores(stage, voxel_map, scene.points, scene.labels, scene.label_names, split.evaluated)
         if args.fit_margin:
-            cosines.append(scene_cosines(segmenter, voxel_map, scene.points, scene.labels, scene.label_names,
+            cosines.append(scene_cosines(stage.segmenter, voxel_map, scene.points, scene.labels, scene.label_names,
                                          split.evaluated))
     source = f"sim seeds {seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else \
         f"sim seeds {','.join(map(str, seeds))}"
@@ -91,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
                "objective": "max present_recall - absent_false_alarm", "validation": summary}
     entries = {QUERY_KEY: calibration_entry(calibration, details)}
     if args.fit_margin:
-        margin, table = fit_labelled_margin(cosines, split, segmenter.vocabulary)
+        margin, table = fit_labelled_margin(cosines, split, stage.vocabulary)
         entries[LABELLED_MARGIN_KEY] = {"margin": margin, "calibrated_on": source, "objective": "max hIoU",
                                         "validation": table}
         chosen = next(row for row in table if row["margin"] == margin)

@@ -49,7 +49,8 @@ class ClassScores:
 
 def class_scores(segmenter, voxel_map: VoxelMap, points: np.ndarray, labels: np.ndarray,
                  label_names: Sequence[str], classes: Sequence[str]) -> list[ClassScores]:
-    """Query cosines of every name in ``classes`` on a feature map of ``segmenter`` (a MapSegmenter), against the
+    """Query cosines of every name in ``classes`` on a feature map of ``segmenter`` (a MapSegmenter or a semantic
+    stage: ``vocabulary``, ``embed``, ``text_encoder``), against the
     labelled ground truth (points (N, 3) metres, labels (N,) ids into label_names)."""
     keys = voxel_map.keys()
     out = []

@@ -99,3 +99,21 @@ def test_calibrate_command_rewrites_a_model_checkpoint(tmp_path, capsys):
     assert [row["margin"] for row in margin["validation"]] == list(MARGINS)
     assert f"labelled-class margin of tiny.safetensors: {margin['margin']:g}" in out
     assert MapSegmenter.from_checkpoint(path).labelled_margin == margin["margin"]
+
+
+def test_calibrate_command_runs_an_xmask3d_checkpoint_through_its_2d_branch(tmp_path, capsys):
+    from ov3dseg_core.models.xmask3d import build_xmask3d
+    from ov3dseg_core.training.xmask3d import checkpoint_config, load_train_config
+
+    torch.manual_seed(0)
+    model = build_xmask3d("xmask3d_tiny")
+    path = tmp_path / "xmask3d.safetensors"
+    save_checkpoint(path, Checkpoint(model.state_dict(), checkpoint_config(model, load_train_config("xmask3d_tiny")),
+                                     model.base_classes))
+    cache = ["--seeds", "9-9", "--frames", "3", "--cache-dir", str(tmp_path / "cache")]
+    assert cli_main(["calibrate", str(path), *cache, "--fit-margin"]) == 2
+    assert "--fit-margin needs a 3D-only model" in capsys.readouterr().err
+    assert cli_main(["calibrate", str(path), *cache]) == 0
+    query = load_checkpoint(path).extra["query"]
+    assert query["threshold"] in THRESHOLDS and query["floor"] in FLOORS
+    assert read_calibration(path) == QueryCalibration(query["threshold"], query["floor"], query["calibrated_on"])
