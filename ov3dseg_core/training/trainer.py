@@ -3,7 +3,9 @@ safetensors checkpoints with resume, tqdm progress, CSV + TensorBoard logs, and 
 
 The model is any ``nn.Module`` with ``training_losses(batch: dict, step: int) -> dict[str, Tensor]`` whose
 ``"loss"`` entry is the total to minimise; the other entries are logged. A model with ``train_state_dict()`` /
-``load_train_state_dict(state)`` keeps that state (tensors) in the resume file beside the optimizer's. Multi-GPU / multi-node: launch with
+``load_train_state_dict(state)`` keeps that state (tensors) in the resume file beside the optimizer's; one with
+``checkpoint_state_dict()`` / ``load_checkpoint_state(state)`` stores only that in its checkpoints (XMask3D leaves out
+the frozen weights its config reloads from pretrained files). Multi-GPU / multi-node: launch with
 ``torchrun --nproc-per-node N -m ov3dseg_core.cli train CONFIG``; rank 0 logs and writes checkpoints.
 """
 from __future__ import annotations
@@ -139,8 +141,9 @@ class Trainer:
         """Write the model checkpoint (+ resume state beside it); rank 0 only."""
         path = path or self.checkpoint_path
         if self.rank == 0:
-            save_checkpoint(path, Checkpoint(self.model.state_dict(), self.checkpoint_config, self.vocabulary,
-                                             step=self.step))
+            state = (self.model.checkpoint_state_dict() if hasattr(self.model, "checkpoint_state_dict")
+                     else self.model.state_dict())  # without weights the config reloads from pretrained files
+            save_checkpoint(path, Checkpoint(state, self.checkpoint_config, self.vocabulary, step=self.step))
             save_train_state(path, {"optimizer": self.optimizer.state_dict(),
                                     "scheduler": self.scheduler.state_dict(),
                                     "scaler": self.scaler.state_dict(), "step": self.step,
@@ -156,7 +159,10 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         ckpt = load_checkpoint(self.checkpoint_path, device=self.device)
-        self.model.load_state_dict(ckpt.state_dict)
+        if hasattr(self.model, "load_checkpoint_state"):
+            self.model.load_checkpoint_state(ckpt.state_dict)
+        else:
+            self.model.load_state_dict(ckpt.state_dict)
         state = load_train_state(self.checkpoint_path)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])

@@ -316,7 +316,7 @@ def load_xmask3d(path: str | Path, device: str | torch.device = "cpu") -> XMask3
     if ckpt.config.get("model", {}).get("type") != "XMask3D":
         raise ValueError(f"{path} is not an XMask3D checkpoint")
     model = build_xmask3d(ckpt.config["model"])
-    model.load_state_dict({k: v.float() for k, v in ckpt.state_dict.items()})
+    model.load_checkpoint_state({k: v.float() for k, v in ckpt.state_dict.items()})
     return model.to(device).eval()
 
 

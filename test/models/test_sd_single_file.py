@@ -62,3 +62,31 @@ def test_single_file_that_does_not_fit_is_named(reference, tmp_path):
     save_file({k: v.contiguous() for k, v in ldm.items() if k.startswith("first_stage_model.")}, str(vae_only))
     with pytest.raises(ValueError, match="not an original-layout Stable Diffusion"):
         DiffusionFeatureExtractor(_config(pretrained=str(vae_only)))
+
+
+def test_xmask3d_checkpoints_leave_out_the_pretrained_diffusion_weights(reference, tmp_path):
+    from ov3dseg_core.models.xmask3d import build_xmask3d
+    from ov3dseg_core.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from ov3dseg_core.training.xmask3d import checkpoint_config, load_train_config, load_xmask3d
+
+    sd_file = tmp_path / "sd-tiny.safetensors"
+    ldm = original_sd_layout(reference.unet.state_dict(), reference.vae.state_dict(), DIFFUSION["unet"],
+                             DIFFUSION["vae"])
+    save_file({k: v.contiguous() for k, v in ldm.items()}, str(sd_file))
+    config = load_yaml("xmask3d_tiny")["model"]
+    config["diffusion"]["pretrained"] = str(sd_file)
+    torch.manual_seed(1)
+    model = build_xmask3d(config)
+    assert model.pretrained_prefixes() == ("diffusion.unet.", "diffusion.vae.", "diffusion.null_condition")
+    stored = model.checkpoint_state_dict()
+    assert not any(k.startswith("diffusion.unet.") or k.startswith("diffusion.vae.") for k in stored)
+    assert any(k.startswith("backbone.") for k in stored) and len(stored) < len(model.state_dict())
+
+    train = load_train_config("xmask3d_tiny")
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, Checkpoint(stored, checkpoint_config(model, train), model.base_classes))
+    assert load_checkpoint(path).state_dict.keys() == stored.keys()
+    loaded = load_xmask3d(path)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(RuntimeError, match="missing .*backbone"):
+        loaded.load_checkpoint_state({k: v for k, v in stored.items() if not k.startswith("backbone.")})
