@@ -125,7 +125,9 @@ def backproject_depth(camera: PinholeCamera, depth_m: np.ndarray, min_range: flo
 
     ``depth_m``: (H, W) float depth along the optical axis in metres (0 / NaN = invalid), matching the camera size.
     A pixel is kept when min_range <= depth <= max_range and depth > 0; ``stride`` keeps every stride-th row/column.
-    Returns (points (N, 3) float32 metres, camera frame; pixel_index (N,) int64 = v * W + u in the full image).
+    Returns (points (N, 3) float32 metres, camera frame, column-major (a view of a contiguous (3, N) array, which
+    ``transform_points`` and ``VoxelMap.integrate`` process axis by axis); pixel_index (N,) int64 = v * W + u in the
+    full image).
     """
     depth_m = np.asarray(depth_m)
     _check_image_size(camera, depth_m)
@@ -138,15 +140,16 @@ def backproject_depth(camera: PinholeCamera, depth_m: np.ndarray, min_range: flo
     valid &= depth <= max_range
     valid &= depth > 0
     flat = np.flatnonzero(valid)
-    z = depth.reshape(-1).take(flat)
+    points = np.empty((3, flat.size), np.float32)  # rows x, y, z
+    depth.reshape(-1).take(flat, out=points[2], mode="clip")
     if stride == 1:
         pixels = flat
     else:
         rows, cols = np.divmod(flat, depth.shape[1])
         pixels = rows * (stride * camera.width) + cols * stride
-    points = _homogeneous_rays(camera).take(pixels, axis=0)  # (N, 3) rows (x/z, y/z, 1): one gather, then scale
-    points *= z[:, None]
-    return points, pixels.astype(np.int64, copy=False)
+    _pixel_rays(camera)[0].reshape(2, -1).take(pixels, axis=1, out=points[:2], mode="clip")  # (x/z, y/z) rows
+    points[:2] *= points[2]
+    return points.T, pixels.astype(np.int64, copy=False)
 
 
 def project_points(camera: PinholeCamera, points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -204,15 +207,6 @@ def _pixel_rays(camera: PinholeCamera) -> tuple[np.ndarray, float]:
     rays = np.stack([x, y]).astype(np.float32)
     rays.flags.writeable = False
     return rays, float((x * x + y * y).max())
-
-
-@functools.lru_cache(maxsize=16)
-def _homogeneous_rays(camera: PinholeCamera) -> np.ndarray:
-    """(H * W, 3) float32 rays (x/z, y/z, 1) of the pixels in row-major order (read-only), cached per camera."""
-    rays = np.stack([*_pixel_rays(camera)[0], np.ones((camera.height, camera.width), np.float32)], axis=-1)
-    rays = np.ascontiguousarray(rays.reshape(-1, 3))
-    rays.flags.writeable = False
-    return rays
 
 
 def _coefficients(distortion: tuple[float, ...]) -> np.ndarray:

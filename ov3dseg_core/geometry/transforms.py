@@ -58,7 +58,8 @@ def invert_transform(T) -> np.ndarray:
 def transform_points(T, points: np.ndarray) -> np.ndarray:
     """Apply a (4, 4) transform T_target_source to (N, 3) points in the source frame.
 
-    Returns (N, 3) points in the target frame with the dtype of ``points`` (which must be floating point).
+    Returns (N, 3) points in the target frame with the dtype and the layout (row- or column-major) of ``points``
+    (which must be floating point).
     """
     T = _as_transform(T)
     points = np.asarray(points)
@@ -66,9 +67,13 @@ def transform_points(T, points: np.ndarray) -> np.ndarray:
         raise ValueError(f"points must have shape (N, 3), got {points.shape}")
     if not np.issubdtype(points.dtype, np.floating):
         raise ValueError(f"points must be floating point, got {points.dtype}")
-    R_t = np.ascontiguousarray(T[:3, :3].T, dtype=points.dtype)  # contiguous: BLAS (a transposed view is ~25x slower)
-    out = points @ R_t
-    out += T[:3, 3].astype(points.dtype)
+    R, t = T[:3, :3].astype(points.dtype), T[:3, 3].astype(points.dtype)
+    if points.T.flags.c_contiguous:  # column-major: (3, 3) @ (3, N) in BLAS, then one add per axis
+        out = R @ points.T
+        out += t[:, None]
+        return out.T
+    out = points @ np.ascontiguousarray(R.T)  # contiguous: BLAS (a transposed view is ~25x slower)
+    out += t
     return out
 
 
