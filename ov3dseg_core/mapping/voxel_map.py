@@ -10,9 +10,11 @@ One frame is reduced to its unique voxels first (a dense grid over the frame's b
 is huge), so only those voxels touch the global index. Features are stored as float16 (what fusion and files use)
 plus a derived int8 copy with a per-voxel scale, which queries score (half the bytes to read).
 
-Memory is bounded by ``max_voxels`` (when exceeded, the voxels farthest from the last sensor origin are evicted,
-or the least recently updated ones when no sensor origin was ever given) and by ``clearing_radius`` (voxels whose
-centre lies farther than that from the sensor origin are evicted, and new ones there are not created).
+Memory is bounded by ``max_voxels`` (the voxels farthest from the last sensor origin are evicted, or the least
+recently updated ones when no sensor origin was ever given) and by ``clearing_radius`` (voxels whose centre lies
+farther than that from the sensor origin are evicted, and new ones there are not created). Evictions choose their
+voxels and rebuild the index outside the lock, after a frame and ahead of the budget (room for twice the new voxels
+of the frame, ROOM_FACTOR); only a frame that does not fit that room evicts with the lock held.
 
 All public methods take one internal lock; accessors return copies as NumPy arrays in one shared voxel order
 (ascending packed key), which stays the same between mutations. Hold ``voxel_map.lock`` to read several accessors
@@ -20,6 +22,7 @@ from one consistent state while other threads integrate.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -55,6 +58,13 @@ FUSION_CHUNK = 8192
 DELTA_FRACTION = 16
 """The index delta is merged into the main array once it holds more than max(2**16, map size / DELTA_FRACTION)
 keys: an O(map) merge every map size / DELTA_FRACTION new voxels."""
+
+ROOM_FACTOR = 2
+"""After each frame, evictions make room for ROOM_FACTOR times the voxels it created (the next frame's new voxels,
+with a margin: one that does not fit evicts with the lock held)."""
+
+EVICT_ATTEMPTS = 3
+"""Tries at swapping an index rebuilt outside the lock (see ``VoxelMap._evict_keys``); the last holds the lock."""
 
 RESERVE_HEADROOM = 1 << 18
 """Slots reserved beyond max_voxels (a frame's voxels arrive before the budget is enforced)."""
@@ -95,7 +105,7 @@ class VoxelMapConfig:
     voxel_size: edge length in metres. num_labels: label bins per voxel (0 = no labels). feature_dim: per-voxel
     feature length (0 = no features). max_voxels: voxel budget. clearing_radius: metres around the sensor origin
     kept in the map (0 = keep everything). device: torch device of the storage ("cpu", "cuda", ...).
-    eviction_target: when max_voxels is exceeded, evict down to eviction_target * max_voxels voxels, so that the
+    eviction_target: when max_voxels is reached, evict down to eviction_target * max_voxels voxels, so that the
     O(map) eviction pass runs once per many frames instead of every frame (1.0 = evict exactly the excess).
     """
 
@@ -258,17 +268,21 @@ class VoxelMap:
             stats.points_outside_radius = int((frame.count * outside).sum())
             frame = frame.select(~outside)
         stats.points_integrated = int(frame.count.sum())
+        clear = False
+        radius = self.config.clearing_radius
         with self.lock:
             self._merge(frame, stats, geometry=True)
             if origin is not None:
                 self._last_origin = origin
-                radius = self.config.clearing_radius
-                if radius > 0 and (self._cleared_origin is None or float(torch.linalg.vector_norm(
-                        origin - self._cleared_origin)) >= max(self.voxel_size, CLEARING_STEP * radius)):
-                    stats.voxels_evicted += self._evict_outside(origin, radius)
+                clear = radius > 0 and (self._cleared_origin is None or float(torch.linalg.vector_norm(
+                    origin - self._cleared_origin)) >= max(self.voxel_size, CLEARING_STEP * radius))
+                if clear:
                     self._cleared_origin = origin
-            stats.voxels_evicted += self._enforce_budget()
-            stats.num_voxels = self._num_voxels()
+            stats.voxels_evicted += self._enforce_budget()  # a frame that outgrew the room made ahead (a stall)
+        if clear:
+            stats.voxels_evicted += self._evict_outside(origin, radius)
+        stats.voxels_evicted += self._enforce_budget(room=ROOM_FACTOR * stats.voxels_created)
+        stats.num_voxels = len(self)
         self._compact_index()
         return stats
 
@@ -295,7 +309,8 @@ class VoxelMap:
         with self.lock:
             self._merge(frame, stats, geometry=False)
             stats.voxels_evicted += self._enforce_budget()
-            stats.num_voxels = self._num_voxels()
+        stats.voxels_evicted += self._enforce_budget(room=ROOM_FACTOR * stats.voxels_created)
+        stats.num_voxels = len(self)
         self._compact_index()
         return stats
 
@@ -304,8 +319,7 @@ class VoxelMap:
         origin = self._origin(center)
         if origin is None or not (np.isfinite(radius) and radius >= 0):
             raise ValueError(f"evict_outside needs a centre and a radius >= 0 metres, got {center!r}, {radius!r}")
-        with self.lock:
-            return self._evict_outside(origin, float(radius))
+        return self._evict_outside(origin, float(radius))
 
     def clear(self) -> None:
         """Remove every voxel (keeps the configuration, label names and the eviction counter)."""
@@ -862,39 +876,70 @@ class VoxelMap:
             t[:self._used] = self._slots[name][:self._used]
         self._slots = grown
 
-    def _evict(self, mask: torch.Tensor) -> int:
-        """Drop the voxels at index positions where ``mask`` (M,) is True; their slots are freed (and zeroed when
-        handed out again, so the eviction pass itself stays O(index))."""
-        n = int(mask.sum())
-        if n == 0:
+    def _snapshot(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(M,) packed keys and (M,) slots of every voxel (main index, then the delta: not in key order) and the
+        slots' stamp array, taken under the lock; the keys and slots are concatenated outside it (the index
+        arrays are replaced, never changed in place)."""
+        with self.lock:
+            parts = self._index_keys, self._delta_keys, self._index_slots, self._delta_slots
+            stamps = self._slots["stamp"]
+        return torch.cat(parts[:2]), torch.cat(parts[2:]), stamps
+
+    def _evict_keys(self, victims: torch.Tensor) -> int:
+        """Drop the voxels of ascending packed keys ``victims`` (absent ones are skipped); returns the count.
+
+        The O(map) part, rebuilding the main index without them, runs outside the lock against a snapshot and is
+        swapped in if the main index is still that snapshot (else it is redone; the last of EVICT_ATTEMPTS holds
+        the lock throughout). Under the lock: O(delta + victims). Freed slots are zeroed when handed out again.
+        Call without holding the lock (holding it works, without the benefit)."""
+        if victims.numel() == 0:
             return 0
-        self._ordered()
-        freed = _rows(self._index_slots, mask)
-        keep = ~mask
-        self._index_keys, self._index_slots = _rows(self._index_keys, keep), _rows(self._index_slots, keep)
-        self._free = torch.cat([self._free, freed])
-        self.voxels_evicted += n
-        return n
+        for attempt in range(EVICT_ATTEMPTS):
+            with self.lock if attempt == EVICT_ATTEMPTS - 1 else contextlib.nullcontext():
+                with self.lock:
+                    main, main_slots = self._index_keys, self._index_slots
+                hit = _contains(main, victims)
+                at = _searchsorted(main, _rows(victims, hit)) if main.numel() else main
+                keep = torch.ones(main.numel(), dtype=torch.bool, device=self.device)
+                keep[at] = False
+                kept, kept_slots = _rows(main, keep), _rows(main_slots, keep)
+                with self.lock:
+                    if self._index_keys is not main:  # evicted, merged or cleared meanwhile: redo
+                        continue
+                    in_delta = _contains(victims, self._delta_keys)
+                    freed = torch.cat([main_slots.index_select(0, at), _rows(self._delta_slots, in_delta)])
+                    self._index_keys, self._index_slots = kept, kept_slots
+                    self._delta_keys, self._delta_slots = (_rows(self._delta_keys, ~in_delta),
+                                                           _rows(self._delta_slots, ~in_delta))
+                    self._free = torch.cat([self._free, freed])
+                    self.voxels_evicted += freed.numel()
+                    return freed.numel()
+        raise AssertionError("unreachable: the last attempt holds the lock")
 
     def _evict_outside(self, origin: torch.Tensor, radius: float) -> int:
-        keys, _ = self._ordered()
-        return self._evict(_center_distance2(keys, origin, self.voxel_size) > radius ** 2)
+        """Evict the voxels whose centre lies beyond ``radius`` metres of ``origin`` (choice and index rebuild
+        outside the lock, see ``_evict_keys``)."""
+        keys = self._snapshot()[0]
+        return self._evict_keys(torch.sort(_rows(keys, _center_distance2(keys, origin, self.voxel_size)
+                                                 > radius ** 2)).values)
 
-    def _enforce_budget(self) -> int:
-        """Evict down to eviction_target * max_voxels once max_voxels is exceeded; returns the count."""
-        m = self._num_voxels()
-        if m <= self.config.max_voxels:
+    def _enforce_budget(self, room: int = 0) -> int:
+        """Evict down to eviction_target * max_voxels once more than max_voxels - ``room`` voxels are held; returns
+        the count. Called unlocked after each frame with room for ROOM_FACTOR times the voxels it created (so that
+        the next frame fits), the O(map) choice of victims and the index rebuild run outside the lock (see ``_evict_keys``);
+        called with the lock held (room 0) it keeps max_voxels when a frame did not fit."""
+        with self.lock:
+            m, origin = self._num_voxels(), self._last_origin
+        if m <= self.config.max_voxels - room:
             return 0
-        excess = m - int(self.config.max_voxels * self.config.eviction_target)
-        keys, slots = self._ordered()
-        if self._last_origin is not None:  # farthest from the sensor first
-            priority = _center_distance2(keys, self._last_origin, self.voxel_size)
+        keys, slots, stamps = self._snapshot()
+        if origin is not None:  # farthest from the sensor first
+            priority = _center_distance2(keys, origin, self.voxel_size)
         else:  # least recently updated first
-            priority = -self._slots["stamp"][slots].to(torch.float64)
+            priority = -stamps.index_select(0, slots).to(torch.float64)
+        excess = max(keys.numel() - int(self.config.max_voxels * self.config.eviction_target), 0)
         victims = torch.topk(priority, excess, largest=True, sorted=False).indices
-        mask = torch.zeros(m, dtype=torch.bool, device=self.device)
-        mask[victims] = True
-        return self._evict(mask)
+        return self._evict_keys(torch.sort(keys.index_select(0, victims)).values)
 
 
 def _row_bounds(grid: np.ndarray) -> tuple[list[float], list[float]]:

@@ -218,6 +218,18 @@ def test_max_voxels_evicts_farthest_from_sensor():
     assert half.integrate(points, sensor_origin=[0.0, 0.0, 0.0]).voxels_evicted == 10 and len(half) == 5
 
 
+def test_max_voxels_evicts_ahead_of_a_growing_map():
+    # frames of 20 new voxels each; once twice as many would not fit (80 + 2 * 20 > 100), the frame that got there
+    # evicts down to eviction_target * max_voxels = 50, farthest from the sensor first
+    vmap = make_map(max_voxels=100, eviction_target=0.5)
+    frames = [np.stack([(np.arange(20) + 20 * f) * 0.5 + 0.01, np.zeros(20), np.zeros(20)], 1).astype(np.float32)
+              for f in range(4)]
+    assert [vmap.integrate(p, sensor_origin=[0.0, 0.0, 0.0]).voxels_evicted for p in frames] == [0, 0, 0, 30]
+    np.testing.assert_array_equal(vmap.keys()[:, 0], np.arange(50) * 10)
+    stats = vmap.integrate(frames[0], sensor_origin=[0.0, 0.0, 0.0])  # nothing new: no room needed
+    assert stats.voxels_created == 0 and stats.voxels_evicted == 0 and len(vmap) == 50
+
+
 def test_max_voxels_evicts_least_recently_updated_without_sensor_origin():
     vmap = make_map(max_voxels=10, eviction_target=1.0)
     batches = [np.stack([np.arange(5) * 0.5 + 0.01 + 10 * b, np.zeros(5), np.zeros(5)], 1).astype(np.float32)
