@@ -233,8 +233,8 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
         raise QueryError("the map stores no features (feature_dim=0); use query_labels")
     table = _query_table(query_embedding, negative_embeddings, dim)
     with voxel_map.lock:
-        ids = voxel_map.instances()
-        if (ids >= 0).any():
+        ids = voxel_map.instances() if len(voxel_map.instance_table()) else None  # no table: no (M,) copy
+        if ids is not None and (ids >= 0).any():
             return query_instances(voxel_map, ids, table, calibration, threshold, top_k, min_voxels, label)
         if calibration.floor <= -1.0:
             query_cosine, hardest = voxel_map.query_similarity(table[0], table[1:])

@@ -69,8 +69,9 @@ EVICT_ATTEMPTS = 3
 RESERVE_HEADROOM = 1 << 18
 """Slots reserved beyond max_voxels (a frame's voxels arrive before the budget is enforced)."""
 
-QUERY_CHUNK = 65536
-"""Voxels scored per chunk by ``query_similarity`` (a QUERY_CHUNK x K block of dot products stays in cache)."""
+QUERY_CHUNK = 1 << 20
+"""Dot products per chunk of int8 scoring: QUERY_CHUNK // K voxels at a time against K embeddings (the block stays
+in cache; one query scores up to QUERY_CHUNK voxels in one call)."""
 
 FEATURE_NORM_LIMIT = 60000.0
 """Largest accepted L2 norm of a feature vector: features are stored and scored in float16 (max 65504), and a fused
@@ -407,38 +408,45 @@ class VoxelMap:
         single = np.ndim(embedding) <= 1
         e = self._unit_embeddings(embedding)
         with self.lock:
-            slots, rows = self._scored_slots(indices)
             if compact:
-                dots = Int8Scorer(e)(self._slot_rows("feature_code", rows), self._slot_rows("feature_scale", rows))
+                cosine = self._int8_cosines(e, indices, len(e))
             else:
+                slots, rows = self._scored_slots(indices)
                 dots = torch.mm(self._slot_rows("feature", rows), e.to(torch.float16).t()).float()
-            if indices is None:
-                dots = dots.index_select(0, slots)
-            fnorm = self._slots["feature_norm"].index_select(0, slots)[:, None]
-        cosine = _cosine_(dots, fnorm)
+                cosine = _cosine_(dots, self._slot_rows("feature_norm", rows)[:, None])
+                if indices is None:  # scored in slot order: one reordering at the end
+                    cosine = cosine.index_select(0, slots)
         return _host(cosine[:, 0] if single else cosine)
 
     def query_similarity(self, query, negatives, indices=None) -> tuple[np.ndarray, np.ndarray]:
         """Per voxel, from the int8 store: (cosine with ``query`` (D,), largest cosine with the (K, D) ``negatives``),
         two (M,) float32 arrays; -inf where a voxel has no feature, and -inf as the largest when K = 0.
-        ``indices`` as in ``feature_similarity``. Scored QUERY_CHUNK voxels at a time: no (M, K) intermediate."""
+        ``indices`` as in ``feature_similarity``. No (M, K) intermediate (see ``_int8_cosines``)."""
         negatives = np.asarray(_host(negatives), dtype=np.float32).reshape(-1, np.shape(query)[-1])
         e = self._unit_embeddings(np.vstack([np.reshape(_host(query), (1, -1)), negatives]))
-        scorer = Int8Scorer(e)
+
+        def best(cosine: torch.Tensor) -> torch.Tensor:  # (C, 1 + K) -> (C, 2): query, largest negative
+            hardest = cosine[:, 1:].amax(dim=1) if cosine.shape[1] > 1 else torch.full_like(cosine[:, 0], -torch.inf)
+            return torch.stack([cosine[:, 0], hardest], dim=1)
         with self.lock:
-            slots, rows = self._scored_slots(indices)
-            codes, scale = self._slot_rows("feature_code", rows), self._slot_rows("feature_scale", rows)
-            best = torch.full((codes.shape[0], 2), -torch.inf, device=self.device)
-            for start in range(0, codes.shape[0], QUERY_CHUNK):
-                dots = scorer(codes[start:start + QUERY_CHUNK], scale[start:start + QUERY_CHUNK])
-                best[start:start + QUERY_CHUNK, 0] = dots[:, 0]
-                if dots.shape[1] > 1:
-                    best[start:start + QUERY_CHUNK, 1] = dots[:, 1:].amax(dim=1)
-            if indices is None:
-                best = best.index_select(0, slots)
-            fnorm = self._slots["feature_norm"].index_select(0, slots)[:, None]
-        best = _cosine_(best, fnorm)
-        return _host(best[:, 0]), _host(best[:, 1])
+            cosine = self._int8_cosines(e, indices, 2, best)
+        return _host(cosine[:, 0]), _host(cosine[:, 1])
+
+    def _int8_cosines(self, embeddings: torch.Tensor, indices, width: int, reduce=None) -> torch.Tensor:
+        """(M, width) float32: each voxel's (all, or those at ``indices``; accessor order) cosines with the (K, D)
+        unit ``embeddings`` from the int8 store, -inf where a voxel has no feature, passed through ``reduce``
+        ((C, K) -> (C, width); None = all K). Lock held. Scored QUERY_CHUNK // K voxels at a time in slot order:
+        a chunk's dot products are scaled and reduced while in cache; one reordering at the end."""
+        scorer = Int8Scorer(embeddings)
+        slots, rows = self._scored_slots(indices)
+        codes, scale, norm = (self._slot_rows(name, rows) for name in ("feature_code", "feature_scale", "feature_norm"))
+        out = torch.empty((codes.shape[0], width), device=self.device)
+        step = max(1, QUERY_CHUNK // len(embeddings))
+        for start in range(0, codes.shape[0], step):
+            part = slice(start, start + step)
+            cosine = _cosine_(scorer(codes[part], scale[part]), norm[part, None])
+            out[part] = cosine if reduce is None else reduce(cosine)
+        return out.index_select(0, slots) if indices is None else out
 
     def _unit_embeddings(self, embedding) -> torch.Tensor:
         """(K, D) float32 unit rows on the map's device from a (D,) or (K, D) embedding; ValueError when impossible."""
@@ -1065,10 +1073,8 @@ class Int8Scorer:
 
 
 def _cosine_(dots: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """(M, K) dot products with unit vectors -> cosines in place, given (M, 1) feature norms; -inf where a norm is 0
-    (and -inf entries stay -inf)."""
-    none = torch.isneginf(dots) | (norms == 0)
-    return dots.div_(norms.clamp_min(1e-30)).clamp_(min=-1.0, max=1.0).masked_fill_(none, -torch.inf)
+    """(M, K) dot products with unit vectors -> cosines in place, given (M, 1) feature norms; -inf where a norm is 0."""
+    return dots.div_(norms.clamp_min(1e-30)).clamp_(min=-1.0, max=1.0).masked_fill_(norms == 0, -torch.inf)
 
 
 def _searchsorted(sorted_keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
