@@ -105,7 +105,8 @@ class MappingNode(Node):
         """Threshold and floor of the /query decision: the model checkpoint's, else built in (README, /query)."""
         if cfg.model:
             try:
-                model = load_semantic_stage(cfg.model, device=cfg.device, policy=cfg.keyframe_policy())
+                model = load_semantic_stage(cfg.model, device=cfg.device, policy=cfg.keyframe_policy(),
+                                            object_score=cfg.object_score)
                 self.query_calibration = read_calibration(resolve_checkpoint(cfg.model))
             except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: weights of another architecture
                 super().destroy_node()
@@ -603,6 +604,7 @@ class MappingNode(Node):
         if self.semantic is not None:
             values.update({"model passes": self.semantic.passes, "model windows superseded": self.semantic.superseded,
                            "model errors": self.counters["model_errors"],
+                           "map instance ids": len(self.voxel_map.instance_table()),  # rows; ids are reused
                            **{f"model {b} branch runs": n for b, n in self.semantic.branch_passes.items()}})
         for stage, s in self.timings.summary().items():
             values[f"{stage} ms (mean/p95)"] = f"{s['mean_ms']:.2f}/{s['p95_ms']:.2f}"

@@ -149,6 +149,8 @@ class MapperConfig:
                                         lo=0.0, hi=3600.0)
     keyframe_max_pending: int = _p(2, "2D+3D models: key frames waiting for the next model pass (each one is a 2D "
                                    "branch run; beyond it the oldest is dropped)", lo=1, hi=64)
+    object_score: float = _p(0.2, "models with an instance decoder (Mosaic3D): smallest object score (objectness) "
+                             "kept as a map instance", lo=0.0, hi=1.0)
     vocabulary: list[str] = _p([], "class names that label the semantic cloud from per-voxel features and that a "
                                "/query on features must beat (empty: the model's training vocabulary); also set by "
                                "~/set_vocabulary", constraints="unique, non-empty names", read_only=False)

@@ -268,9 +268,10 @@ class XMask3DStage(SemanticStage):
 
 
 def load_semantic_stage(model: str | Path = "default", device: str = "cpu", policy: KeyFramePolicy | None = None,
-                        **kwargs) -> SemanticStage:
+                        object_score: float = 0.2, **kwargs) -> SemanticStage:
     """The stage of a checkpoint written by ``ov3dseg train`` ("default" = the embedded default model): XMask3D
-    checkpoints give the 2D+3D kind, all others the 3D kind (``MapSegmenter``; kwargs go to it)."""
+    checkpoints give the 2D+3D kind, all others the 3D kind (``MapSegmenter``; kwargs go to it; ``object_score``
+    to ``MapStage``)."""
     from ov3dseg_core.models.map_segmenter import MapSegmenter, resolve_checkpoint
     from ov3dseg_core.training.checkpoint import read_metadata
 
@@ -281,4 +282,4 @@ def load_semantic_stage(model: str | Path = "default", device: str = "cpu", poli
 
         image_size = config.get("views", {}).get("image_size")
         return XMask3DStage(load_xmask3d(path), policy, image_size, device=device)
-    return MapStage(MapSegmenter.from_checkpoint(path, device=device, **kwargs))
+    return MapStage(MapSegmenter.from_checkpoint(path, device=device, **kwargs), object_score)

@@ -40,6 +40,10 @@ def test_window_passes_write_instances_and_keep_their_ids():
     np.testing.assert_array_equal(vmap.instances(), ids)
     assert (vmap.instance_table().passes == 2).all()
 
+    strict = room_map()  # no object scores above 1: object_score 1 keeps none
+    MapStage(stage.segmenter, object_score=1.0).update(strict)
+    assert (strict.feature_weights() > 0).all() and (strict.instances() == -1).all()
+
 
 def test_a_model_without_an_instance_decoder_writes_no_instances():
     class Features(torch.nn.Module):
