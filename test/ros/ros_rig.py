@@ -17,6 +17,8 @@ from tf2_msgs.msg import TFMessage
 from ov3dseg_core.data.frames import depth_to_u16_mm, labels_to_u16
 from ov3dseg_core.geometry.camera import PinholeCamera
 from ov3dseg_core.geometry.transforms import make_transform, matrix_to_quaternion
+from ov3dseg_core.sim.export import write_bag
+from ov3dseg_core.sim.world import CameraConfig, SimConfig, generate_scene
 from ov3dseg_ros.conversions import header, image_msg
 from ov3dseg_ros.graph import NodeGraph
 from ov3dseg_ros.msg import MapStatus
@@ -149,3 +151,13 @@ def start_graph(context, params: dict | None = None, **kwargs) -> tuple[NodeGrap
     graph.nodes.append(rig)
     graph.start()
     return graph, rig
+
+
+def sim_room_bag(folder, seed: int, frames: int, width: int, height: int, room: str = "living_room"):
+    """A simulated room (camera only, ``frames`` frames of width x height) written to ``folder``/room.mcap;
+    returns (scene, bag path)."""
+    scene = generate_scene(seed, room, config=SimConfig(frames=frames, use_lidar=False,
+                                                        camera=CameraConfig(width=width, height=height)))
+    bag = folder / "room.mcap"
+    write_bag(scene, bag, lidar=False)
+    return scene, bag

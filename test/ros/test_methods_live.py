@@ -13,10 +13,9 @@ from ov3dseg_core.eval.splits import load_split
 from ov3dseg_core.mapping.map_file import load_map
 from ov3dseg_core.models.map_segmenter import DEFAULT_CHECKPOINT, MapSegmenter
 from ov3dseg_core.models.methods import SAS, GeoGuide, GeoGuideConfig, SASConfig
-from ov3dseg_core.sim.export import write_bag
-from ov3dseg_core.sim.world import CameraConfig, SimConfig, generate_scene
 from ov3dseg_core.training.checkpoint import Checkpoint, save_checkpoint
 from ov3dseg_ros.replay import replay_bag
+from ros_rig import sim_room_bag
 
 TINY = {"type": "SpUNet14A", "base_channels": 8, "channels": [8, 16, 16, 16, 16, 16, 16, 8]}
 
@@ -39,11 +38,7 @@ def method_checkpoint(name: str, path) -> str:
 
 @pytest.fixture(scope="module")
 def room(tmp_path_factory):
-    scene = generate_scene(300_003, "living_room", config=SimConfig(frames=4, use_lidar=False,
-                                                              camera=CameraConfig(width=256, height=192)))
-    bag = tmp_path_factory.mktemp("methods_live") / "room.mcap"
-    write_bag(scene, bag, lidar=False)
-    return bag
+    return sim_room_bag(tmp_path_factory.mktemp("methods_live"), 300_003, 4, 256, 192)[1]
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="GeoGuide's backbone is the embedded default's")

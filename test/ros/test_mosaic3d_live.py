@@ -19,12 +19,10 @@ from ov3dseg_core.models.methods.mosaic3d import Mosaic3D, Mosaic3DConfig
 from ov3dseg_core.models.methods.mosaic3d.decoder import DecoderConfig
 from ov3dseg_core.models.text import apply_template, build_text_encoder
 from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_array
-from ov3dseg_core.sim.export import write_bag
-from ov3dseg_core.sim.world import CameraConfig, SimConfig, generate_scene
 from ov3dseg_core.training.checkpoint import Checkpoint, save_checkpoint
 from ov3dseg_core.training.config import TrainConfig
 from ov3dseg_ros.query_client import QueryClient
-from ros_rig import start_graph, wait_until
+from ros_rig import sim_room_bag, start_graph, wait_until
 
 FRAMES = 4
 TINY = {"type": "SpUNet-v1m3", "base_channels": 8, "channels": [8, 16, 16, 16, 16, 16, 16, 8],
@@ -52,10 +50,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(checkpoint, tmp_path_factory, ros_domain):
-    config = SimConfig(frames=FRAMES, use_lidar=False, camera=CameraConfig(width=160, height=120))
-    scene = generate_scene(300_002, "living_room", config=config)  # 8 pieces of furniture in view of the frames
     out = tmp_path_factory.mktemp("eval")
-    write_bag(scene, out / "room.mcap", lidar=False)
+    sim_room_bag(out, 300_002, FRAMES, 160, 120)  # 8 pieces of furniture in view of the frames
     params = out / "params.yaml"
     params.write_text(json.dumps({"model_rate_hz": 0.0, "model_window_radius": 8.0, "lidar_topics": []}))
     assert cli_main(["eval", str(out / "room.mcap"), "--out", str(out / "report"), "--model", str(checkpoint),

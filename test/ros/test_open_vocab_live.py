@@ -14,20 +14,15 @@ from ov3dseg_core.labels import SCANNET20
 from ov3dseg_core.mapping.map_file import load_map
 from ov3dseg_core.models.map_segmenter import DEFAULT_CHECKPOINT
 from ov3dseg_core.msgs.pointcloud2 import pointcloud2_to_array
-from ov3dseg_core.sim.export import write_bag
-from ov3dseg_core.sim.world import CameraConfig, SimConfig, generate_scene
 from ov3dseg_ros.replay import replay_bag
+from ros_rig import sim_room_bag
 
 pytestmark = pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="the embedded default model is not shipped")
 
 
 @pytest.fixture(scope="module")
 def room(tmp_path_factory):
-    scene = generate_scene(300_002, "living_room", config=SimConfig(frames=5, use_lidar=False,
-                                                              camera=CameraConfig(width=320, height=240)))
-    bag = tmp_path_factory.mktemp("live") / "room.mcap"
-    write_bag(scene, bag, lidar=False)
-    return scene, bag
+    return sim_room_bag(tmp_path_factory.mktemp("live"), 300_002, 5, 320, 240)
 
 
 def test_default_queries_are_decided_from_model_features(room, ros_domain, tmp_path):

@@ -13,11 +13,10 @@ import yaml
 from ov3dseg_core.cli import main as cli_main
 from ov3dseg_core.mapping.map_file import load_map
 from ov3dseg_core.models.xmask3d import build_xmask3d
-from ov3dseg_core.sim.export import write_bag
-from ov3dseg_core.sim.world import CameraConfig, SimConfig, generate_scene
 from ov3dseg_core.training.checkpoint import Checkpoint, save_checkpoint
 from ov3dseg_core.training.xmask3d import checkpoint_config, load_train_config
 from ov3dseg_ros.replay import replay_bag
+from ros_rig import sim_room_bag
 
 FRAMES = 4
 PARAMS = {"model_rate_hz": 0.0, "model_window_radius": 8.0, "lidar_topics": [],
@@ -36,11 +35,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory):
-    scene = generate_scene(300_003, "living_room", config=SimConfig(frames=FRAMES, use_lidar=False,
-                                                                    camera=CameraConfig(width=160, height=120)))
-    path = tmp_path_factory.mktemp("bag") / "room.mcap"
-    write_bag(scene, path, lidar=False)
-    return path
+    return sim_room_bag(tmp_path_factory.mktemp("bag"), 300_003, FRAMES, 160, 120)[1]
 
 
 def test_eval_runs_the_2d_branch_on_every_key_frame(checkpoint, bag, ros_domain, tmp_path):
