@@ -271,8 +271,9 @@ class VoxelMap:
         stats.points_integrated = int(frame.count.sum())
         clear = False
         radius = self.config.clearing_radius
+        main = self._lookup_main(frame.packed)  # the O(U log M) part of the lookup, before the lock
         with self.lock:
-            self._merge(frame, stats, geometry=True)
+            self._merge(frame, stats, geometry=True, main=main)
             if origin is not None:
                 self._last_origin = origin
                 clear = radius > 0 and (self._cleared_origin is None or float(torch.linalg.vector_norm(
@@ -307,8 +308,9 @@ class VoxelMap:
         if w is not None:
             frame = frame.select(frame.weight > 0)
         stats.points_integrated = int(frame.count.sum())
+        main = self._lookup_main(frame.packed)  # the O(U log M) part of the lookup, before the lock
         with self.lock:
-            self._merge(frame, stats, geometry=False)
+            self._merge(frame, stats, geometry=False, main=main)
             stats.voxels_evicted += self._enforce_budget()
         stats.voxels_evicted += self._enforce_budget(room=ROOM_FACTOR * stats.voxels_created)
         stats.num_voxels = len(self)
@@ -603,17 +605,29 @@ class VoxelMap:
             self._delta_keys, self._delta_slots = self._delta_keys[:0], self._delta_slots[:0]
         return self._index_keys, self._index_slots
 
-    def _lookup(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(found (U,) bool, slots (U,) int64, undefined where not found) of ascending packed keys (lock held)."""
-        found = torch.zeros(packed.numel(), dtype=torch.bool, device=self.device)
-        slots = torch.empty(packed.numel(), dtype=torch.int64, device=self.device)
-        for keys, key_slots in ((self._index_keys, self._index_slots), (self._delta_keys, self._delta_slots)):
-            if keys.numel():
-                pos = _searchsorted(keys, packed).clamp_(max=keys.numel() - 1)
-                hit = keys.index_select(0, pos) == packed
-                slots = torch.where(hit, key_slots.index_select(0, pos), slots)
-                found |= hit
+    def _lookup(self, packed: torch.Tensor, main=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(found (U,) bool, slots (U,) int64, undefined where not found) of ascending packed keys (lock held).
+        ``main``: ``_lookup_main(packed)``, taken before the lock; when the main index is still the one it searched,
+        only the delta is searched here."""
+        delta = (self._delta_keys, self._delta_slots)
+        if main is not None and main[0] is self._index_keys:
+            found, slots = main[1:]
+            parts = (delta,)
+        else:
+            found = torch.zeros(packed.numel(), dtype=torch.bool, device=self.device)
+            slots = torch.empty(packed.numel(), dtype=torch.int64, device=self.device)
+            parts = ((self._index_keys, self._index_slots), delta)
+        for keys, key_slots in parts:
+            found, slots = _find(keys, key_slots, packed, found, slots)
         return found, slots
+
+    def _lookup_main(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the main index's keys, found, slots): ascending packed keys looked up in the main index without the
+        lock (O(U log M); for ``_lookup``)."""
+        with self.lock:
+            keys, key_slots = self._index_keys, self._index_slots
+        found = torch.zeros(packed.numel(), dtype=torch.bool, device=self.device)
+        return (keys, *_find(keys, key_slots, packed, found, torch.empty_like(packed)))
 
     def _compact_index(self) -> None:
         """Merge a large delta into the main index; the O(map) merge runs without the lock (call it unlocked)."""
@@ -795,13 +809,13 @@ class VoxelMap:
         return _FrameVoxels(*(None if a is None else torch.as_tensor(a).contiguous().to(self.device)
                               for a in arrays))
 
-    def _merge(self, frame: _FrameVoxels, stats: IntegrationStats, geometry: bool) -> None:
-        """Add a frame's voxel sums to the map (lock held)."""
+    def _merge(self, frame: _FrameVoxels, stats: IntegrationStats, geometry: bool, main=None) -> None:
+        """Add a frame's voxel sums to the map (lock held; ``main`` as in ``_lookup``)."""
         self._tick += 1
         u = frame.packed.numel()
         if u == 0:
             return
-        found, slots = self._lookup(frame.packed)
+        found, slots = self._lookup(frame.packed, main)
         new = (~found).nonzero().squeeze(1)
         n_new = new.numel()
         if n_new:
@@ -1026,6 +1040,17 @@ def _merge_sorted(keys: torch.Tensor, values: torch.Tensor, new_keys: torch.Tens
     merged_keys[at], merged_values[at] = new_keys, new_values
     merged_keys[old], merged_values[old] = keys, values
     return merged_keys, merged_values
+
+
+def _find(keys: torch.Tensor, key_slots: torch.Tensor, packed: torch.Tensor, found: torch.Tensor,
+          slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending ``packed`` looked up in ascending ``keys`` (slots ``key_slots``): (found or hit, the hits' slots
+    where hit, else ``slots``)."""
+    if keys.numel() == 0:
+        return found, slots
+    pos = _searchsorted(keys, packed).clamp_(max=keys.numel() - 1)
+    hit = keys.index_select(0, pos) == packed
+    return found | hit, torch.where(hit, key_slots.index_select(0, pos), slots)
 
 
 def _contains(sorted_keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
