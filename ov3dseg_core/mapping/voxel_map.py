@@ -948,8 +948,8 @@ class VoxelMap:
     def _enforce_budget(self, room: int = 0) -> int:
         """Evict down to eviction_target * max_voxels once more than max_voxels - ``room`` voxels are held; returns
         the count. Called unlocked after each frame with room for ROOM_FACTOR times the voxels it created (so that
-        the next frame fits), the O(map) choice of victims and the index rebuild run outside the lock (see ``_evict_keys``);
-        called with the lock held (room 0) it keeps max_voxels when a frame did not fit."""
+        the next frame fits), the O(map) choice of victims and the index rebuild run outside the lock (see
+        ``_evict_keys``); called with the lock held (room 0) it keeps max_voxels when a frame did not fit."""
         with self.lock:
             m, origin = self._num_voxels(), self._last_origin
         if m <= self.config.max_voxels - room:
