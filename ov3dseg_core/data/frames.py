@@ -125,8 +125,9 @@ def frame_points(frame: RGBDFrame, min_range: float = 0.1, max_range: float = 10
                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Back-project a posed frame into the world frame.
 
-    Returns (points (N, 3) float32 metres world frame, colors (N, 3) uint8 | None, labels (N,) int32 | None).
-    Raises ValueError when the frame has no pose.
+    Returns (points (N, 3) float32 metres world frame, column-major (a view of one (3, N) array, as
+    ``backproject_depth`` gives; ``VoxelMap.integrate`` reads it axis by axis without a copy), colors (N, 3) uint8 |
+    None, labels (N,) int32 | None). Raises ValueError when the frame has no pose.
     """
     if frame.pose is None:
         raise ValueError("frame has no pose (T_world_camera); cannot place its points in the world")
