@@ -115,6 +115,7 @@ def test_backproject_hand_computed():
     np.testing.assert_allclose(points, [[1.5, -0.5, 2.0]])
     np.testing.assert_array_equal(index, [3])
     assert points.dtype == np.float32 and index.dtype == np.int64
+    assert points.T.flags.c_contiguous  # column-major: one (3, N) array (what VoxelMap.integrate reads by axis)
     points, index = backproject_depth(CAMERA, depth, min_range=0.0, max_range=25.0)
     np.testing.assert_array_equal(index, [3, 6, 9])
 

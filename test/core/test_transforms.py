@@ -94,6 +94,9 @@ def test_transform_points_composition_and_dtype(A, B, dtype):
     np.testing.assert_allclose(out, homogeneous, atol=tol)
     np.testing.assert_allclose(transform_points(A, transform_points(B, points)), out, atol=tol)
     np.testing.assert_allclose(transform_points(invert_transform(A), transform_points(A, points)), points, atol=tol)
+    column_major = transform_points(A @ B, np.asfortranarray(points))  # the layout backproject_depth returns
+    assert column_major.T.flags.c_contiguous and column_major.dtype == dtype
+    np.testing.assert_allclose(column_major, out, atol=tol)
 
 
 @settings(max_examples=50, deadline=None)
