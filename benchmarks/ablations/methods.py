@@ -2,7 +2,7 @@
 geoguide_tiny with one setting changed each, scored by the training command's own validation evaluation (never the
 held-out scenes), one markdown row per run and the load average before and after it.
 
-    python benchmarks/ablations/methods.py [--only sas|geoguide] [--sas-steps N] [--geoguide-steps N] [--out DIR]
+    python benchmarks/ablations/methods.py [--only sas|geoguide] [--sas-steps 200] [--geoguide-steps 100] [--out DIR]
 
 SAS rows: the student trained on each fusion rule's target (add, linear, capability; TESD off), and capability with
 TESD switched on for the last 30 % of the steps. GeoGuide rows: all modules, then USD's learned weights off (plain
@@ -58,8 +58,8 @@ def run(name: str, base: str, steps: int, overrides: dict, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("sas", "geoguide"))
-    parser.add_argument("--sas-steps", type=int, default=100)
-    parser.add_argument("--geoguide-steps", type=int, default=60)
+    parser.add_argument("--sas-steps", type=int, default=200)
+    parser.add_argument("--geoguide-steps", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("out/ablations"))
     args = parser.parse_args()
     rows = []
