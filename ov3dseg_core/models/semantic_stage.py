@@ -13,7 +13,7 @@ in a text-embedding space, in two kinds.
   "no correspondence" row); voxels seen by several get the mean of their fused features. Without a pending key
   frame an update runs the 3D branch alone.
 
-How the node calls it (ov3dseg_ros integration, to be done there)::
+How it is used (the mapping node, ``ov3dseg_ros/semantic_stage.py``; ``ov3dseg calibrate``)::
 
     from ov3dseg_core.models.semantic_stage import KeyFramePolicy, load_semantic_stage
 
@@ -23,9 +23,8 @@ How the node calls it (ov3dseg_ros integration, to be done there)::
     # sensor path (any thread; cheap: a pose comparison and a reference kept under a lock). The frame's pose is
     # T_map_camera (optical frame), its depth registered to the colour image, both at the camera's resolution:
     stage.offer_frame(RGBDFrame(color, depth, camera, pose=T_map_camera, stamp_ns=stamp))
-    # model worker thread (never the executor thread), where MapSegmenter.update runs today:
+    # model worker thread (never the executor thread):
     result = stage.update(voxel_map, center=camera_position_in_map, radius=model_window_radius)
-    report["model"] = {"name": ..., "kind": stage.kind, "stages": result.passes}   # {"2d": n, "3d": n}
     # queries and labels in the stage's text space (CLIP for XMask3D, MiniLM for the default):
     stage.embed(["a chair"]); stage.classify(voxel_map.features(), vocabulary)
 
