@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
+from ov3dseg_core.atomic_write import atomic_path
 from ov3dseg_core.training.checkpoint import (
     Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state,
 )
@@ -189,7 +190,7 @@ class Trainer:
         if resume:
             self.resume()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        log = _Logger(self.out_dir, enabled=self.rank == 0)
+        log = _Logger(self.out_dir, enabled=self.rank == 0, from_step=self.step)
         history: list[dict[str, float]] = []
         self.loss_module.train()
         batches = self._batches()
@@ -237,9 +238,12 @@ class Trainer:
 
 
 class _Logger:
-    """CSV log (``train_log.csv``) and TensorBoard scalars (``tb/``) on rank 0."""
+    """CSV log (``train_log.csv``) and TensorBoard scalars (``tb/``) on rank 0.
 
-    def __init__(self, out_dir: Path, enabled: bool):
+    A run from step ``from_step`` keeps the rows of an existing log up to that step (a resumed run continues it;
+    a run from step 0 starts it afresh; rows logged after the last checkpoint of a stopped run are dropped)."""
+
+    def __init__(self, out_dir: Path, enabled: bool, from_step: int = 0):
         self.enabled = enabled
         self._csv = None
         self._writer = None
@@ -247,6 +251,17 @@ class _Logger:
         if not enabled:
             return
         self.path = out_dir / "train_log.csv"
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                fields, rows = reader.fieldnames, [r for r in reader if int(float(r["step"])) <= from_step]
+            if rows:
+                with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=fields)
+                    writer.writeheader()
+                    writer.writerows(rows)
+            else:
+                self.path.unlink()
         try:
             from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(str(out_dir / "tb"))

@@ -66,6 +66,21 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert load_checkpoint(result.checkpoint).step == 20
 
 
+def test_the_log_continues_a_resumed_run_and_restarts_with_a_new_one(tmp_path):
+    def logged():
+        return [int(r["step"]) for r in csv.DictReader(open(tmp_path / "train_log.csv"))]
+
+    _trainer(tmp_path, 20).fit()
+    assert logged() == [5, 10, 15, 20]
+    resumed = _trainer(tmp_path, 30)
+    resumed.resume()
+    resumed.step = 10  # as if stopped after the checkpoint at 10: the rows logged after it are dropped
+    resumed.fit(resume=False)
+    assert logged() == [5, 10, 15, 20, 25, 30]
+    _trainer(tmp_path, 10).fit(resume=False)  # a new run into the same folder
+    assert logged() == [5, 10]
+
+
 def test_corrupt_or_foreign_checkpoint_is_rejected(tmp_path):
     path = _trainer(tmp_path, 5).fit().checkpoint
     data = bytearray(path.read_bytes())
