@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -23,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval", action="store_true", help="skip the validation evaluation")
     parser.add_argument("--export", type=Path, help="also write a float16 copy of the final checkpoint here")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--init", type=Path, help="XMask3D configs: start from these weights, released ones converted "
+                        "by `ov3dseg convert-checkpoint --format xmask3d` or an ov3dseg XMask3D checkpoint "
+                        "(ignored when OUT/last.safetensors is resumed)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -43,6 +47,9 @@ def main(args: argparse.Namespace) -> int:
         from ov3dseg_core.training.xmask3d import train_main
 
         return train_main(args)
+    if args.init is not None:
+        print("ov3dseg train: --init is for XMask3D configs", file=sys.stderr)
+        return 2
     cfg = load_config(TrainConfig, args.config)
     data = dataclasses.replace(cfg.data, **{k: v for k, v in (("sim_scenes", args.sim_scenes),
                                                               ("val_scenes", args.val_scenes)) if v is not None})

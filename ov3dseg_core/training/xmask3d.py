@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,6 +45,7 @@ from ov3dseg_core.models.lifting import (downsample_image, downsample_nearest, d
                                          point_pixel_index, scaled_size)
 from ov3dseg_core.models.xmask3d import XMask3D, build_xmask3d, make_view_batch
 from ov3dseg_core.registry import REGISTRY
+from ov3dseg_core.safetensors_file import CheckpointError
 from ov3dseg_core.training.captions import CaptionerConfig, SeenObject, view_caption
 from ov3dseg_core.training.config import TrainDataConfig
 from ov3dseg_core.training.map_windows import base_targets
@@ -308,6 +310,41 @@ def fit(model: XMask3D, scenes: Sequence[Scene], cfg: XMask3DTrainConfig, resume
     return trainer.fit(resume=resume)
 
 
+def initial_xmask3d(model_config: dict[str, Any], init: str | Path | None = None) -> XMask3D:
+    """The model a training (or a user) starts from: ``build_xmask3d(model_config)``, then with ``init``
+
+    - converted released weights (``ov3dseg convert-checkpoint --format xmask3d``): the conversion's
+      ``model_config`` entries (the released architecture: MinkUNet34C, 768-d, ...) are merged into the config
+      first (one level deep), and the converted modules are filled in; the others keep their initialisation;
+    - or an ov3dseg XMask3D checkpoint: its weights (``load_checkpoint_state``), for the config's architecture.
+
+    CheckpointError when ``init`` is neither.
+    """
+    from ov3dseg_core.models.backbones import load_converted, load_converted_state
+    from ov3dseg_core.training.checkpoint import load_checkpoint
+
+    if init is None:
+        return build_xmask3d(model_config)
+    try:
+        weights = load_converted(init)
+    except CheckpointError as not_converted:
+        try:
+            state = load_checkpoint(init).state_dict
+        except CheckpointError as not_checkpoint:
+            raise CheckpointError(f"{init} is neither converted weights ({not_converted}) nor an ov3dseg "
+                                  f"checkpoint ({not_checkpoint})") from None
+        model = build_xmask3d(model_config)
+        model.load_checkpoint_state({k: v.float() for k, v in state.items()})
+        return model
+    merged = dict(model_config)
+    for key, value in weights.report.model_config.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    model = build_xmask3d(merged)
+    load_converted_state(model, weights)
+    return model
+
+
 def load_xmask3d(path: str | Path, device: str | torch.device = "cpu") -> XMask3D:
     """An XMask3D from a checkpoint written by ``ov3dseg train`` on an XMask3D config, in eval mode."""
     from ov3dseg_core.training.checkpoint import load_checkpoint
@@ -348,7 +385,11 @@ def train_main(args) -> int:
     train = cfg.train if args.max_steps is None else dataclasses.replace(cfg.train, max_steps=args.max_steps)
     cfg = dataclasses.replace(cfg, data=data, train=train, out_dir=str(args.out or cfg.out_dir))
     torch.manual_seed(cfg.train.seed)
-    model = build_xmask3d(cfg.model)
+    try:
+        model = initial_xmask3d(cfg.model, args.init)
+    except (CheckpointError, OSError) as exc:
+        print(f"ov3dseg train: --init: {exc}", file=sys.stderr)
+        return 2
     result = fit(model, training_scenes(cfg.data), cfg, resume=not args.no_resume)
     print(f"checkpoint: {result.checkpoint} (step {result.step})")
     if args.export:
