@@ -15,7 +15,7 @@ SUFFIXES = {"ply": ".ply", "pcd": ".pcd", "mesh": "_mesh.ply", "openlex3d": "_op
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("map", help="map file (.safetensors, as ~/save_map and --save-map write it)")
     parser.add_argument("--format", required=True, choices=sorted(SUFFIXES),
-                        help="ply / pcd: one point per voxel (x y z, colour, label, score); mesh: PLY of the "
+                        help="ply / pcd: one point per voxel (x y z, colour, label, score, instance); mesh: PLY of the "
                              "voxels' exposed cube faces with their colours; openlex3d: a folder with "
                              f"{', '.join(OPENLEX3D_FILES)} for the OpenLex3D benchmark")
     parser.add_argument("--out", help="output file (ply, pcd) or folder (openlex3d); default: next to MAP")

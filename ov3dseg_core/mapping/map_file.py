@@ -32,8 +32,9 @@ READ_VERSIONS = ("1", "2")
 """Versions ``load_map`` reads (1: without the instance layer)."""
 
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
-                      ("label", "<i4"), ("score", "<f4")])
-"""PLY vertex layout: mean position (metres, map frame), RGB, label id (-1 = none), label confidence."""
+                      ("label", "<i4"), ("score", "<f4"), ("instance", "<i4")])
+"""PLY vertex layout: mean position (metres, map frame), RGB, label id (-1 = none), label confidence, instance id
+(-1 = none; the map's instance layer)."""
 
 _PLY_TYPES = {"<f4": "float", "u1": "uchar", "<i4": "int"}
 _SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int32): "I32",
@@ -121,10 +122,11 @@ def export_ply(voxel_map: VoxelMap, path: str | Path) -> None:
     with voxel_map.lock:
         positions, colors = voxel_map.positions(), voxel_map.colors()
         labels, confidence = voxel_map.labels()
+        instances = voxel_map.instances()
     vertices = np.empty(len(positions), dtype=PLY_DTYPE)
     vertices["x"], vertices["y"], vertices["z"] = positions.T
     vertices["red"], vertices["green"], vertices["blue"] = colors.T
-    vertices["label"], vertices["score"] = labels, confidence
+    vertices["label"], vertices["score"], vertices["instance"] = labels, confidence, instances
     header = ["ply", "format binary_little_endian 1.0",
               f"comment ov3dseg voxel map, voxel_size {voxel_map.voxel_size} m, frame map",
               f"element vertex {len(vertices)}"]

@@ -45,10 +45,27 @@ def test_ply_and_pcd_hold_every_voxel(tmp_path, capsys):
     np.testing.assert_allclose(positions[order], vmap.positions()[expected], atol=1e-6)
     assert np.array_equal(colors[order], vmap.colors()[expected])
     header = (tmp_path / "map.pcd").read_bytes().split(b"DATA binary\n")[0].decode()
-    assert "FIELDS x y z rgb label score" in header and "TYPE F F F F I F" in header
+    assert "FIELDS x y z rgb label score instance" in header and "TYPE F F F F I F I" in header
     assert cli_main(["export", path, "--format", "ply", "--out", str(tmp_path / "out.ply")]) == 0
     vertices = read_ply_vertices(tmp_path / "out.ply")
     assert len(vertices) == len(vmap) and set(np.unique(vertices["label"])) <= {-1, 0, 1, 2}
+
+
+def test_ply_and_pcd_carry_the_instance_layer(tmp_path):
+    vmap, _ = saved_map(tmp_path, 8)
+    keys = vmap.keys()
+    masks = np.stack([keys[:, 0] < 0, keys[:, 0] >= 0]) & (keys[:, 2] > 0)  # two objects, the rest none
+    vmap.update_instances(keys, masks, np.array([0.9, 0.8]), np.eye(2, 8, dtype=np.float32))
+    vmap.save(tmp_path / "objects.safetensors")
+    ids = vmap.instances()
+    assert set(np.unique(ids)) == {-1, 0, 1}
+    assert cli_main(["export", str(tmp_path / "objects.safetensors"), "--format", "ply"]) == 0
+    assert np.array_equal(read_ply_vertices(tmp_path / "objects.ply")["instance"], ids)
+    assert cli_main(["export", str(tmp_path / "objects.safetensors"), "--format", "pcd"]) == 0
+    raw = (tmp_path / "objects.pcd").read_bytes().split(b"DATA binary\n", 1)[1]
+    dtype = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4"), ("label", "<i4"), ("score", "<f4"),
+             ("instance", "<i4")]
+    assert np.array_equal(np.frombuffer(raw, dtype=dtype)["instance"], ids)
 
 
 def test_openlex3d_dense_features(tmp_path):
