@@ -43,9 +43,10 @@ transport overlaps integration. With one source the mapper settles frames in sta
 image stream per topic, both in order), so the map stays the same; several sources go one frame at a time."""
 QUIET_S = 0.5
 """A replay that does not wait per frame ends once the mapper's counters stopped changing for this long."""
-SETTLE_TIMEOUT_S = 5.0
+SETTLE_TIMEOUT_S = 15.0
 """Longest time the mapper's worker may sit idle while the replay waits for a frame to settle; then the replay
-goes on (counted in ``unsettled``): a frame whose transform was recorded after the next frame settles later."""
+goes on (counted in ``unsettled``): a frame whose transform was recorded after the next frame settles later.
+(5 s was too short on a loaded 2-core machine: /tf messages then reached the mapper up to ~15 s late.)"""
 DISCOVERY_TIMEOUT_S = 10.0
 """Longest wait for the mapping node's subscriptions to match the replay's publishers."""
 
@@ -250,8 +251,12 @@ def _run(reader: AnyReader, graph: NodeGraph, context: Context, deterministic: b
     clock_pub = node.create_publisher(Clock, "/clock", SENSOR_QOS)
     _wait_for(lambda: all(p.get_subscription_count() > 0 for p in [clock_pub, *publishers.values()]),
               "the mapping node's subscriptions did not match the replay's publishers")
-    # Start the clock at the bag's start, so that the first frames' arrival times are bag times.
-    first_ns = reader.start_time
+    # Start the clock at the first message after /tf_static (recorded at any time, often 0), and wait until the
+    # mapper has it: a frame that arrived while the mapper's clock still read an earlier bag time would count the
+    # gap as time waited for its transform or camera_info, and expire as soon as the clock caught up.
+    ordered = [c for c in connections if c.topic == "/tf_static"]
+    others = [c for c in connections if c not in ordered]
+    first_ns = next((stamp for _, stamp, _ in reader.messages(connections=others)), reader.start_time)
     clock_pub.publish(Clock(clock=ns_to_stamp(first_ns)))
     _wait_for(lambda: mapper.get_clock().now().nanoseconds >= first_ns, "the mapping node did not receive /clock")
 
@@ -263,12 +268,11 @@ def _run(reader: AnyReader, graph: NodeGraph, context: Context, deterministic: b
     bag_start: int | None = None
     with tqdm(total=total, unit="msg", desc="replay", disable=not progress) as bar:
         # /tf_static first (latched), so that the first frames find their static transforms.
-        ordered = [c for c in connections if c.topic == "/tf_static"]
         for connection, _, raw in reader.messages(connections=ordered):
             publishers[connection.topic].publish(bytes(raw))
             published += 1
             bar.update()
-        for connection, stamp_ns, raw in reader.messages(connections=[c for c in connections if c not in ordered]):
+        for connection, stamp_ns, raw in reader.messages(connections=others):
             bag_start = stamp_ns if bag_start is None else bag_start
             if rate is not None:
                 delay = (stamp_ns - bag_start) / 1e9 / rate - (time.perf_counter() - start)

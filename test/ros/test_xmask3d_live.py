@@ -19,8 +19,7 @@ from ov3dseg_ros.replay import replay_bag
 from ros_rig import sim_room_bag
 
 FRAMES = 4
-PARAMS = {"model_rate_hz": 0.0, "model_window_radius": 8.0, "lidar_topics": [],
-          "tf_timeout_s": 30.0}  # bag time a frame waits for /tf_static, which may match late on a loaded machine
+PARAMS = {"model_rate_hz": 0.0, "model_window_radius": 8.0, "lidar_topics": []}
 
 
 @pytest.fixture(scope="module")
