@@ -15,7 +15,7 @@ from numpy.lib.recfunctions import repack_fields
 
 from ov3dseg_core.atomic_write import atomic_path
 from ov3dseg_core.mapping.voxel_map import VoxelMap
-from ov3dseg_core.msgs.pointcloud2 import pack_rgb
+from ov3dseg_core.msgs.pointcloud2 import semantic_cloud_points
 
 PCD_TYPES = {"f": "F", "i": "I", "u": "U"}
 OPENLEX3D_FILES = ("embeddings.npy", "index.npy", "point_cloud.pcd")
@@ -29,17 +29,14 @@ CUBE_FACES = (((1, 0, 0), ((1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 0, 1))),
 
 
 def voxel_points(voxel_map: VoxelMap) -> np.ndarray:
-    """Structured (M,) array of the voxels: x y z (float32, metres, map frame), rgb (PCL-packed float32),
-    label (int32, -1 none), score (float32, label confidence), instance (int32, the map's instance id, -1 none)."""
+    """Structured (M,) array of the voxels in the semantic cloud's layout (``msgs.pointcloud2.SEMANTIC_CLOUD_DTYPE``):
+    x y z (float32, metres, map frame), rgb (PCL-packed float32), label (int32, -1 none), score (float32, label
+    confidence), instance (int32, the map's instance id, -1 none)."""
     with voxel_map.lock:
         positions, colors = voxel_map.positions(), voxel_map.colors()
         labels, scores = voxel_map.labels()
         instances = voxel_map.instances()
-    points = np.empty(len(positions), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4"),
-                                             ("label", "<i4"), ("score", "<f4"), ("instance", "<i4")])
-    points["x"], points["y"], points["z"] = positions.T
-    points["rgb"], points["label"], points["score"], points["instance"] = pack_rgb(colors), labels, scores, instances
-    return points
+    return semantic_cloud_points(positions, colors, labels, scores, instances)
 
 
 def write_pcd(path: str | Path, points: np.ndarray) -> None:
