@@ -221,7 +221,7 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
     """Answer a query from per-voxel features: query_embedding (D,) and negative_embeddings (K, D) (the
     embeddings of ``negative_names``, with the model's prompt template; normalised here). Objects are labelled
     ``label`` (the query text). threshold 0 = the calibrated default; top_k limits the returned voxels (0 = all).
-    A map with instances is answered from them (``query_instances``).
+    A map with instances is answered from them (``instance_scores``; grouped by instance id).
 
     Cosines come from the map's int8 feature copy (``feature_similarity(compact=True)`` and ``query_similarity``,
     about 1e-2 off the float16 values, half the bytes to read): with a floor above -1 the query first, then the
@@ -233,34 +233,35 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
         raise QueryError("the map stores no features (feature_dim=0); use query_labels")
     table = _query_table(query_embedding, negative_embeddings, dim)
     with voxel_map.lock:
-        ids = voxel_map.instances() if len(voxel_map.instance_table()) else None  # no table: no (M,) copy
-        if ids is not None and (ids >= 0).any():
-            return query_instances(voxel_map, ids, table, calibration, threshold, top_k, min_voxels, label)
-        if calibration.floor <= -1.0:
-            query_cosine, hardest = voxel_map.query_similarity(table[0], table[1:])
+        instances = voxel_map.instance_table()
+        groups = voxel_map.instances() if len(instances) else None  # no table: no (M,) copy
+        if groups is not None and (groups >= 0).any():
+            score, matches = instance_scores(groups, instances.embeddings, table, calibration, threshold)
         else:
-            query_cosine = voxel_map.feature_similarity(table[0], compact=True)
-            candidates = np.flatnonzero(query_cosine >= calibration.floor)
-            hardest = np.full(len(query_cosine), np.inf, np.float32)
-            hardest[candidates] = voxel_map.query_similarity(table[0], table[1:], candidates)[1]
-        score, matches = decide(query_cosine, hardest, calibration, threshold)
+            groups = None
+            if calibration.floor <= -1.0:
+                query_cosine, hardest = voxel_map.query_similarity(table[0], table[1:])
+            else:
+                query_cosine = voxel_map.feature_similarity(table[0], compact=True)
+                candidates = np.flatnonzero(query_cosine >= calibration.floor)
+                hardest = np.full(len(query_cosine), np.inf, np.float32)
+                hardest[candidates] = voxel_map.query_similarity(table[0], table[1:], candidates)[1]
+            score, matches = decide(query_cosine, hardest, calibration, threshold)
         chosen = _MatchedVoxels.of(voxel_map, matches)  # only the snapshot holds the lock, as in query_labels
-    return chosen.result(score, calibration.threshold_for(threshold), top_k, min_voxels, default_label=label)
+    return chosen.result(score, calibration.threshold_for(threshold), top_k, min_voxels, default_label=label,
+                         groups=groups)
 
 
-def query_instances(voxel_map: VoxelMap, ids: np.ndarray, table: np.ndarray, calibration: QueryCalibration,
-                    threshold: float, top_k: int, min_voxels: int, label: str) -> QueryResult:
-    """The object-level answer of ``query_features`` (call with the map's lock held): ids (M,) the map's instance
-    ids (``voxel_map.instances()``); table (1 + K, D) unit query and negative embeddings. Each instance with voxels
-    is scored by ``decide`` on its embedding; the objects are the matching instances (max_score: the best
-    instance that owns voxels)."""
-    cosine = voxel_map.instance_table().embeddings @ table.T  # (I, 1 + K)
+def instance_scores(ids: np.ndarray, embeddings: np.ndarray, table: np.ndarray, calibration: QueryCalibration,
+                    threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The object-level decision of ``query_features``: ids (M,) the map's instance id per voxel (-1 none),
+    embeddings (I, D) the instances' unit embeddings, table (1 + K, D) unit query and negative embeddings. Each
+    instance is scored by ``decide`` on its embedding; returns each voxel's (score (M,) float32: its instance's
+    relevancy, 0 without one; matches (M,) bool: its instance matches)."""
+    cosine = embeddings @ table.T  # (I, 1 + K)
     relevance, matches = decide(cosine[:, 0], _hardest(cosine[:, 1:]), calibration, threshold)
     has, row = ids >= 0, np.maximum(ids, 0)
-    score = np.where(has, relevance[row], 0.0).astype(np.float32)
-    chosen = _MatchedVoxels.of(voxel_map, has & matches[row])
-    return chosen.result(score, calibration.threshold_for(threshold), top_k, min_voxels, default_label=label,
-                         groups=ids)
+    return np.where(has, relevance[row], 0.0).astype(np.float32), has & matches[row]
 
 
 def query_labels(voxel_map: VoxelMap, query_embedding, negative_embeddings, label_embeddings,

@@ -392,10 +392,11 @@ class VoxelMap:
             found, slots = self._lookup(pack_keys(torch.from_numpy(keys.astype(np.int32)).to(self.device)))
             slots = _rows(slots, found)
             instance = self._slots["instance"]
+            held = torch.cat([self._index_slots, self._delta_slots])  # every voxel's slot (counts need no order)
             ids, self._instances, result = merge_pass(
                 _host(instance.index_select(0, slots)), masks[:, _host(found)], _host(scores), _host(embeddings),
-                self._instances, instance_voxel_counts(_host(instance.index_select(0, self._ordered()[1])),
-                                                       len(self._instances)), iou_threshold)
+                self._instances, instance_voxel_counts(_host(instance.index_select(0, held)), len(self._instances)),
+                iou_threshold)
             instance.index_copy_(0, slots, torch.from_numpy(ids).to(self.device))
         return result
 
