@@ -20,7 +20,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.validate_full_topic_name import validate_full_topic_name
 
 from ov3dseg_core.mapping.query import DEFAULT_MIN_VOXELS, MAX_OBJECTS
-from ov3dseg_core.models.semantic_stage import KeyFramePolicy
+from ov3dseg_core.models.semantic_stage import OBJECT_SCORE, KeyFramePolicy
 from ov3dseg_ros.input_diagnostics import InputLimits
 
 NODE_NAME = "ov3dseg_mapper"
@@ -149,7 +149,7 @@ class MapperConfig:
                                         lo=0.0, hi=3600.0)
     keyframe_max_pending: int = _p(2, "2D+3D models: key frames waiting for the next model pass (each one is a 2D "
                                    "branch run; beyond it the oldest is dropped)", lo=1, hi=64)
-    object_score: float = _p(0.2, "models with an instance decoder (Mosaic3D): smallest object score (objectness) "
+    object_score: float = _p(OBJECT_SCORE, "models with an instance decoder (Mosaic3D): smallest object score (objectness) "
                              "kept as a map instance", lo=0.0, hi=1.0)
     vocabulary: list[str] = _p([], "class names that label the semantic cloud from per-voxel features and that a "
                                "/query on features must beat (empty: the model's training vocabulary); also set by "

@@ -60,15 +60,14 @@ def main(args: argparse.Namespace) -> int:
     from ov3dseg_core.eval.splits import load_split
     from ov3dseg_core.models.map_segmenter import LABELLED_MARGIN_KEY, resolve_checkpoint
     from ov3dseg_core.models.semantic_stage import KeyFramePolicy, load_semantic_stage
-    from ov3dseg_core.training.checkpoint import read_metadata, update_extra
+    from ov3dseg_core.training.checkpoint import read_metadata, split_name, update_extra
     from ov3dseg_core.training.evaluation import fuse_scene
     from ov3dseg_core.training.scenes import simulated_scene_dir
 
     try:
         seeds = parse_seeds(args.seeds)
         checkpoint = resolve_checkpoint(args.checkpoint)
-        config = read_metadata(checkpoint)["config"]
-        split = load_split(config.get("split") or config["model"]["split"])  # XMask3D: in its model config
+        split = load_split(split_name(read_metadata(checkpoint)["config"]))
         stage = load_semantic_stage(checkpoint, policy=KeyFramePolicy(max_pending=args.frames))
     except (OSError, ValueError, KeyError) as exc:
         print(f"ov3dseg calibrate: {exc}", file=sys.stderr)

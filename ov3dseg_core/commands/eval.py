@@ -189,16 +189,15 @@ def _query_record(response, class_points: np.ndarray, voxel_size: float) -> dict
 
 def _segmenter(model: str):
     from ov3dseg_core.models.map_segmenter import MapSegmenter, resolve_checkpoint
+    from ov3dseg_core.models.semantic_stage import checkpoint_kind
     from ov3dseg_core.training.checkpoint import read_metadata
     try:
-        is_xmask3d = read_metadata(resolve_checkpoint(model))["config"].get("model", {}).get("type") == "XMask3D"
-        segmenter = None if is_xmask3d else MapSegmenter.from_checkpoint(model)
+        if checkpoint_kind(read_metadata(resolve_checkpoint(model))["config"]) == "3d":
+            return MapSegmenter.from_checkpoint(model)
     except (OSError, ValueError) as exc:
         raise EvalInputError(f"model {model!r}: {exc}") from None
-    if segmenter is None:
-        raise EvalInputError(f"model {model!r} is an XMask3D checkpoint: evaluate it on a bag (through the node, "
-                             "2D branch on key frames) or with `ov3dseg evaluate xmask3d_tiny CKPT`")
-    return segmenter
+    raise EvalInputError(f"model {model!r} is an XMask3D checkpoint: evaluate it on a bag (through the node, "
+                         "2D branch on key frames) or with `ov3dseg evaluate xmask3d_tiny CKPT`")
 
 
 def evaluate_dataset(path: Path, params: dict[str, Any], oracle: bool, split: Split | None, out_dir: Path,
@@ -264,7 +263,10 @@ def main(args: argparse.Namespace) -> int:
         summary = json.loads(paths["json"].read_text(encoding="utf-8"))
         paths["json"].write_text(json.dumps({**summary, **sections}, indent=2) + "\n", encoding="utf-8")
         text = (markdown_model(sections["model"]) if "model" in sections else "") + markdown_query(sections["query"])
-        text += markdown_instances(sections["instances"]) if "instances" in sections else ""
+        if "instances" in sections:
+            counts = sections["instances"]
+            text += (f"\nInstances (map: {counts['map_instances']}, ground truth: {counts['gt_instances']}):\n\n"
+                     + markdown_instances(counts))
         with open(paths["markdown"], "a", encoding="utf-8") as f:
             f.write(text)
         print(text, end="")

@@ -45,10 +45,13 @@ def main(args: argparse.Namespace) -> int:
     print(markdown_table(report))
     print(f"report: {paths}")
     if type(segmenter.model).__name__ == "Mosaic3D":  # its instance decoder: mAP / AP50 / AP25 on the same scenes
-        from ov3dseg_core.models.methods.mosaic3d.instance_eval import format_instances, instance_report
+        from ov3dseg_core.eval.instances import markdown_instances
+        from ov3dseg_core.models.methods.mosaic3d.instance_eval import instance_report
 
         instances = instance_report(segmenter, scenes, split, cfg.windows.voxel_size, cfg.data.cache_dir, args.out)
-        print("instances (3D only, open-vocabulary labels):\n" + format_instances(instances))
+        metrics = {k: v for k, v in instances.items() if k != "seconds_per_scene"}
+        print("instances (3D only, open-vocabulary labels):\n"
+              + markdown_instances(metrics, {"s/scene": f"{instances['seconds_per_scene']:.2f}"}), end="")
     return 0
 
 

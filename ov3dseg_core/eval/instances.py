@@ -156,10 +156,10 @@ def live_instance_report(voxel_map, embed, points: np.ndarray, labels: np.ndarra
     return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in report.items()}
 
 
-def markdown_instances(report: dict) -> str:
-    """The summary numbers of an instance report (percent; n/a = undefined) as a markdown table, with the instance
-    counts."""
+def markdown_instances(report: dict, extra: dict[str, str] | None = None) -> str:
+    """The metrics of an instance report (its float or null entries, in percent; n/a = undefined) as a one-row
+    markdown table, followed by the ``extra`` columns (name: formatted value)."""
     keys = [k for k, v in report.items() if isinstance(v, float) or v is None]
     cells = ["n/a" if report[k] is None or np.isnan(report[k]) else f"{100 * report[k]:.1f}" for k in keys]
-    return (f"\nInstances (map: {report['map_instances']}, ground truth: {report['gt_instances']}):\n\n| "
-            + " | ".join(keys) + " |\n|" + "---:|" * len(keys) + "\n| " + " | ".join(cells) + " |\n")
+    keys, cells = keys + list(extra or {}), cells + list((extra or {}).values())
+    return "| " + " | ".join(keys) + " |\n|" + "---:|" * len(keys) + "\n| " + " | ".join(cells) + " |\n"

@@ -49,6 +49,8 @@ from ov3dseg_core.data.frames import RGBDFrame
 from ov3dseg_core.models.lifting import downsample_image, downsample_pixel_index, point_pixel_index
 
 KINDS = ("3d", "2d+3d")
+OBJECT_SCORE = 0.2
+"""Default smallest objectness of an instance decoder's objects kept as map instances (the node's object_score)."""
 
 
 @dataclass
@@ -136,7 +138,7 @@ class MapStage(SemanticStage):
 
     kind = "3d"
 
-    def __init__(self, segmenter, object_score: float = 0.2):
+    def __init__(self, segmenter, object_score: float = OBJECT_SCORE):
         self.segmenter = segmenter
         self.object_score = object_score
         self.text_encoder, self.template = segmenter.text_encoder, segmenter.template
@@ -266,8 +268,13 @@ class XMask3DStage(SemanticStage):
         return labels.cpu().numpy(), best.cpu().numpy()
 
 
+def checkpoint_kind(config: dict) -> str:
+    """The stage kind ("2d+3d" for XMask3D, else "3d") of a checkpoint's config (its metadata's "config")."""
+    return "2d+3d" if config.get("model", {}).get("type") == "XMask3D" else "3d"
+
+
 def load_semantic_stage(model: str | Path = "default", device: str = "cpu", policy: KeyFramePolicy | None = None,
-                        object_score: float = 0.2, **kwargs) -> SemanticStage:
+                        object_score: float = OBJECT_SCORE, **kwargs) -> SemanticStage:
     """The stage of a checkpoint written by ``ov3dseg train`` ("default" = the embedded default model): XMask3D
     checkpoints give the 2D+3D kind, all others the 3D kind (``MapSegmenter``; kwargs go to it; ``object_score``
     to ``MapStage``)."""
@@ -276,7 +283,7 @@ def load_semantic_stage(model: str | Path = "default", device: str = "cpu", poli
 
     path = resolve_checkpoint(model)
     config = read_metadata(path)["config"]
-    if config.get("model", {}).get("type") == "XMask3D":
+    if checkpoint_kind(config) == "2d+3d":
         from ov3dseg_core.training.xmask3d import load_xmask3d
 
         image_size = config.get("views", {}).get("image_size")

@@ -57,6 +57,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     }
 
 
+def split_name(config: dict[str, Any]) -> str:
+    """The base/novel split a checkpoint's config names: its "split" (XMask3D configs keep it in "model");
+    KeyError when it names none."""
+    return config.get("split") or config["model"]["split"]
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; CheckpointError when corrupt or foreign."""
     meta = read_metadata(path)

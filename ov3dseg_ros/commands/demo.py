@@ -41,15 +41,14 @@ def main(args: argparse.Namespace) -> int:
     from ov3dseg_core.mapping.render import render_query, render_semantic_map
     from ov3dseg_core.mapping.voxel_map import VoxelMap
     from ov3dseg_core.models.map_segmenter import resolve_checkpoint
-    from ov3dseg_core.training.checkpoint import read_metadata
+    from ov3dseg_core.training.checkpoint import read_metadata, split_name
     from ov3dseg_core.training.evaluation import evaluate_features
     from ov3dseg_ros.replay import replay_bag
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_checkpoint(args.model)
-    config = read_metadata(checkpoint)["config"]
-    split = load_split(config.get("split") or config["model"]["split"])  # XMask3D: in its model config
+    split = load_split(split_name(read_metadata(checkpoint)["config"]))
     queries = args.queries or list(DEFAULT_QUERIES)
 
     bag = out / f"scene_{args.seed}_{args.room_type}_f{args.frames}.mcap"

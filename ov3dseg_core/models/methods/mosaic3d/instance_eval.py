@@ -53,14 +53,6 @@ def evaluate_instances(model: Mosaic3D, text: torch.Tensor, classes: Sequence[st
             "seconds_per_scene": float(np.mean(seconds)) if seconds else float("nan")}
 
 
-def format_instances(report: dict) -> str:
-    """The summary numbers (percent) as a markdown table."""
-    keys = [k for k, v in report.items() if isinstance(v, float) and k != "seconds_per_scene"]
-    cells = [f"{100 * report[k]:.1f}" if report[k] == report[k] else "n/a" for k in keys]
-    return ("| " + " | ".join(keys) + " | s/scene |\n|" + "---|" * (len(keys) + 1) + "\n| " + " | ".join(cells)
-            + f" | {report['seconds_per_scene']:.2f} |")
-
-
 def instance_report(segmenter, scenes: Sequence, split: Split, voxel_size: float, cache_dir: str | Path,
                     out_dir: str | Path) -> dict:
     """``evaluate_instances`` of a MapSegmenter holding a Mosaic3D on dataset scenes (fused and cached under
