@@ -10,7 +10,13 @@ text embeddings with a learnable temperature (Eq. 1) and trained with
 - L_view (Eq. 12): the view's mean feature against its caption embedding;
 - L_region: Mosaic3D's point-to-caption contrastive loss: every point of a captioned region is classified among
   the batch's distinct region captions (cross-entropy with the classifier's temperature). The cosine regression
-  of L_mask alone leaves novel objects next to similar base classes; the contrast separates them.
+  of L_mask alone leaves novel objects next to similar base classes; the contrast separates them;
+- L_bi: XMask3D's (PLA's) binary base / novel supervision (Eq. 13), put on the features themselves: a voxel's
+  base score is its highest cosine to the base-class embeddings, trained by BCE to stay above
+  ``binary_threshold`` on base voxels and below it on voxels annotated with a class that is not a base class.
+  The map stores features only, so the calibration must live in them: novel objects are pushed away from every
+  base class, and the nearest name can then be a novel one. The target says where non-base objects are, not
+  what they are.
 
 This is the part of XMask3D that learns something real without pretrained image models (no Stable Diffusion
 or CLIP weights exist on the training machines); ov3dseg_core.models.xmask3d holds the full model.
@@ -26,7 +32,7 @@ from torch import nn
 
 from ov3dseg_core.models.backbones import batch_mean, offset_to_batch  # (also registers the sparse U-Nets)
 from ov3dseg_core.models.heads import TextClassifier
-from ov3dseg_core.models.losses import mask_alignment_loss, segmentation_ce, view_alignment_loss
+from ov3dseg_core.models.losses import binary_loss, mask_alignment_loss, segmentation_ce, view_alignment_loss
 from ov3dseg_core.models.text import DEFAULT_TEMPLATE
 from ov3dseg_core.registry import REGISTRY
 
@@ -45,6 +51,9 @@ class OpenVocab3DConfig:
     view_weight: float = 1.0         # omega_view^3d
     region_weight: float = 1.0       # Mosaic3D's region contrastive loss
     mask_warmup_steps: int = 100     # L_mask and L_region start here
+    binary_weight: float = 0.0       # omega_bi of L_bi (0: off)
+    binary_threshold: float = 0.55   # base score (max cosine to a base class) separating base from not-base
+    binary_sharpness: float = 20.0   # logit = sharpness * (threshold - base score)
 
 
 @REGISTRY.register("model", "OpenVocab3D")
@@ -83,9 +92,17 @@ class OpenVocab3D(nn.Module):
             region = region_contrastive_loss(features[points], regions, captions, self.classifier)
         view = view_alignment_loss(batch_mean(features, offset_to_batch(batch["offset"]), len(batch["offset"])),
                                    batch["view_target"])
+        binary = features.sum() * 0.0
+        if self.cfg.binary_weight > 0:
+            binary = binary_loss(self.novel_logits(features), batch["is_novel"])
         loss = (self.cfg.seg_weight * seg + self.cfg.mask_weight * mask + self.cfg.view_weight * view
-                + self.cfg.region_weight * region)
-        return {"loss": loss, "seg": seg, "mask": mask, "view": view, "region": region}
+                + self.cfg.region_weight * region + self.cfg.binary_weight * binary)
+        return {"loss": loss, "seg": seg, "mask": mask, "view": view, "region": region, "binary": binary}
+
+    def novel_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N,) logits of s_b = P(not a base class) of unit features (N, D), from their highest base-class cosine."""
+        base_score = (features @ self.base_text.t()).max(dim=-1).values
+        return self.cfg.binary_sharpness * (self.cfg.binary_threshold - base_score)
 
     @torch.no_grad()
     def predict(self, data: dict[str, torch.Tensor], text: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -7,7 +7,10 @@ that map around a camera position, with a random radius, optionally only the vox
 map as it stood then), or the whole room. Per voxel:
 
 - ``label``: target among the BASE classes (majority ground-truth class of the voxel's points), -1 otherwise
-  (novel-class labels never reach a loss);
+  (novel-class names never reach a loss);
+- ``is_novel``: 1 where the voxel is annotated with a class that is not a base class (a novel class or "other
+  furniture"), 0 for base classes, -1 unannotated. This is the base / not-base mask PLA's and XMask3D's binary
+  head are trained on (Eq. 13): it says *where* unlabelled categories are, never *which* they are;
 - caption regions: object regions made imperfect as a 2D detector or SAM would give them (a box around the
   object that takes in floor and wall, a dilated mask, a partial mask, or a miss), each with a free-form caption
   from the simulated captioner (captions.py), and a view caption of the window. Captions are the only channel
@@ -157,6 +160,12 @@ def base_targets(labels: np.ndarray, label_names: Sequence[str], base_classes: S
     return lookup[ids]
 
 
+def novel_targets(labels: np.ndarray, label_names: Sequence[str], base_classes: Sequence[str]) -> np.ndarray:
+    """(N,) int64 binary-head targets of dataset class ids: 1 annotated but not a base class, 0 base, -1 none."""
+    annotated = (labels >= 0) & (labels < len(label_names))
+    return np.where(annotated, (base_targets(labels, label_names, base_classes) < 0).astype(np.int64), IGNORE_LABEL)
+
+
 def base_class_weights(scenes: Sequence[FusedScene], base_classes: Sequence[str], power: float = 0.5) -> np.ndarray:
     """(B,) float32 CE weights (voxel frequency ** -power, mean 1 over present classes; absent classes 0)."""
     counts = np.zeros(len(base_classes))
@@ -205,6 +214,7 @@ class MapWindowDataset(Dataset):
             "grid_coord": torch.from_numpy(grid_coordinates(keys)),
             "feat": torch.from_numpy(feats),
             "label": torch.from_numpy(base_targets(scene.labels[select], scene.label_names, self.base_classes)),
+            "is_novel": torch.from_numpy(novel_targets(scene.labels[select], scene.label_names, self.base_classes)),
             "region_point": torch.from_numpy(region_point),
             "region_id": torch.from_numpy(region_id),
             "mask_target": embeddings[:-1],
@@ -326,6 +336,7 @@ def collate_windows(samples: Sequence[dict]) -> dict:
         "grid_coord": torch.cat([s["grid_coord"] for s in samples]),
         "feat": torch.cat([s["feat"] for s in samples]),
         "label": torch.cat([s["label"] for s in samples]),
+        "is_novel": torch.cat([s["is_novel"] for s in samples]),
         "region_point": torch.cat([s["region_point"] + p for s, p in zip(samples, point_shift.tolist())]),
         "region_id": torch.cat([s["region_id"] + int(r) for s, r in zip(samples, region_shift)]),
         "mask_target": torch.cat([s["mask_target"] for s in samples]),

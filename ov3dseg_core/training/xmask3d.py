@@ -48,7 +48,7 @@ from ov3dseg_core.registry import REGISTRY
 from ov3dseg_core.safetensors_file import CheckpointError
 from ov3dseg_core.training.captions import CaptionerConfig, SeenObject, view_caption
 from ov3dseg_core.training.config import TrainDataConfig
-from ov3dseg_core.training.map_windows import base_targets
+from ov3dseg_core.training.map_windows import base_targets, novel_targets
 from ov3dseg_core.training.trainer import TrainerConfig, warmup_cosine
 from ov3dseg_core.training import view_captioners  # noqa: F401  (registers "ViTGPT2Captioner")
 
@@ -188,7 +188,7 @@ def view_sample(scene: Scene, frame: RGBDFrame, base_classes: Sequence[str], cfg
         "colors": scene.colors[seen],
         "pixel_index": downsample_pixel_index(pixel[seen], cam.width, cam.height, factor),
         "labels": labels,
-        "is_novel": np.where(point_labels >= 0, (labels < 0).astype(np.int64), -1),
+        "is_novel": novel_targets(point_labels, scene.label_names, base_classes),
         "label_image": label_image,
         "caption": caption,
     }

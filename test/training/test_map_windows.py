@@ -12,7 +12,7 @@ from ov3dseg_core.models.text import DEFAULT_TEMPLATE
 from ov3dseg_core.training.captions import CaptionerConfig, SeenObject, colour_word, region_caption, view_caption
 from ov3dseg_core.training.map_windows import (
     MapWindowConfig, MapWindowDataset, base_class_weights, base_targets, cached_fused_scene, collate_windows,
-    fuse_training_scene,
+    fuse_training_scene, novel_targets,
 )
 
 SPLIT = load_split("sim_b15n4")
@@ -44,6 +44,12 @@ def test_base_targets_drop_novel_and_unknown_ids():
     names = ["wall", "sofa", "chair", "bookshelf"]
     targets = base_targets(np.array([0, 1, 2, 3, -1, 7]), names, ["chair", "wall"])
     assert targets.tolist() == [1, -1, 0, -1, -1, -1]
+
+
+def test_novel_targets_mark_annotated_non_base_voxels():
+    names = ["wall", "sofa", "chair", "other furniture"]
+    targets = novel_targets(np.array([0, 1, 2, 3, -1, 7]), names, ["chair", "wall"])
+    assert targets.tolist() == [0, 1, 0, 1, -1, -1]
 
 
 def test_fused_scene_ground_truth_matches_the_frames(small_scene, fused):
@@ -78,6 +84,8 @@ def test_novel_labels_never_reach_the_segmentation_target(small_scene, fused):
         a, b = ds_a[i], ds_b[i]
         assert torch.equal(a["label"], b["label"])
         assert (a["label"] == -1).any() and int(a["label"].max()) < len(SPLIT.base)
+        assert torch.equal(a["is_novel"], b["is_novel"])  # L_bi learns where, not which
+        assert bool((a["is_novel"] == 1).any()) and bool((a["is_novel"][a["label"] >= 0] == 0).all())
 
 
 def test_captions_follow_the_objects_not_the_labels_of_the_loss(small_scene, fused):
@@ -112,6 +120,7 @@ def test_window_sample_fields_and_collate(fused):
     assert int(second.min()) >= len(s0["mask_target"])
     assert int(batch["region_point"][len(s0["region_point"]):].min()) >= n0
     assert batch["view_target"].shape == (2, 3)
+    assert torch.equal(batch["is_novel"], torch.cat([s0["is_novel"], s1["is_novel"]]))
 
 
 def test_windows_are_deterministic_per_epoch_and_bounded(fused):

@@ -111,3 +111,39 @@ def test_class_weights_reach_the_segmentation_loss(batch, minilm):
     only = labels == keep
     expected = torch.nn.functional.cross_entropy(logits[only], labels[only])
     assert torch.isclose(seg, expected, atol=1e-5)
+
+
+def test_binary_loss_scores_novelty_from_the_base_cosines(batch, minilm):
+    """s_b is high for a feature far from every base class and low for one on a base class; L_bi is off at
+    weight 0 and otherwise the BCE of those logits against is_novel."""
+    model = _model(minilm, binary_weight=1.0)
+    on_base = model.base_text[:1]
+    base = model.base_text.double()
+    v = torch.randn(1, base.shape[1], dtype=torch.float64)
+    away = v - torch.linalg.lstsq(base.t(), v.t()).solution.t() @ base  # orthogonal to every base class
+    away = torch.nn.functional.normalize(away, dim=-1).float()
+    assert float((away @ model.base_text.t()).abs().max()) < 1e-4
+    assert float(model.novel_logits(on_base)) < 0 < float(model.novel_logits(away))
+    assert bool((batch["is_novel"] == 1).any())
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        model.novel_logits(model(batch))[batch["is_novel"] >= 0], batch["is_novel"][batch["is_novel"] >= 0].float())
+    assert torch.isclose(model.training_losses(batch, 0)["binary"], expected, atol=1e-5)
+    assert float(_model(minilm).training_losses(batch, 0)["binary"]) == 0.0
+
+
+def test_binary_loss_pushes_not_base_voxels_off_the_base_classes(batch, minilm):
+    """Trained with L_bi, the voxels annotated with non-base classes end further from every base class than
+    without it (same seed, same steps)."""
+    novel = batch["is_novel"] == 1
+    scores = {}
+    for weight in (0.0, 4.0):
+        model = _model(minilm, binary_weight=weight)
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+        for step in range(60):
+            loss = model.training_losses(batch, step)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            scores[weight] = float((model(batch)[novel] @ model.base_text.t()).max(-1).values.mean())
+    assert scores[4.0] < scores[0.0] - 0.05
