@@ -2,8 +2,10 @@
 offline evaluation (both go map -> model -> per-voxel features, so the numbers measure what the robot runs).
 
 ``MapSegmenter.update(voxel_map, center, radius)`` takes the voxels within ``radius`` of ``center`` (the local
-window), builds the backbone input from their indices, mean colours and heights, and fuses the output features
-into the map's float16 feature layer (weighted running average, so features settle over repeated passes).
+window), builds the backbone input from their indices, mean colours and heights, optionally averages the output
+features over the window's superpoints (segments of smooth normals and colour: one object part, one feature), and
+fuses them into the map's float16 feature layer (weighted running average, so features settle over repeated
+passes).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import torch
 
 from ov3dseg_core.config import from_dict
 from ov3dseg_core.models.open_vocab3d import OpenVocab3D, OpenVocab3DConfig
+from ov3dseg_core.models.pooling import scatter_mean
+from ov3dseg_core.models.superpoints import SuperpointConfig, voxel_superpoints
 from ov3dseg_core.models.text import TextEncoder, apply_template, build_text_encoder
 from ov3dseg_core.training.checkpoint import load_checkpoint
 from ov3dseg_core.models.voxel_inputs import grid_coordinates, point_features
@@ -57,19 +61,31 @@ def label_offsets(vocabulary: Sequence[str], labelled: Sequence[str], margin: fl
     return np.array([-margin if name.strip().lower() in known else 0.0 for name in vocabulary], dtype=np.float32)
 
 
+def pool_over_superpoints(features: torch.Tensor, superpoint: np.ndarray) -> torch.Tensor:
+    """(V, D) unit features, each voxel's replaced by the normalised mean over its superpoint (``superpoint`` (V,)
+    ids from ``voxel_superpoints``)."""
+    index = torch.as_tensor(superpoint, dtype=torch.int64, device=features.device)
+    mean = scatter_mean(features.float(), index, int(index.max()) + 1 if len(index) else 0)
+    return torch.nn.functional.normalize(mean, dim=-1).index_select(0, index).to(features.dtype)
+
+
 class MapSegmenter:
     """A trained OpenVocab3D model, its text encoder and vocabulary, applied to voxel maps.
 
     ``vocabulary`` are the classes the model was trained on with labels; ``labelled_margin`` (cosine, calibrated on
-    validation scenes by ``ov3dseg calibrate``) is taken off their scores when voxels are labelled."""
+    validation scenes by ``ov3dseg calibrate``) is taken off their scores when voxels are labelled; ``template``
+    wraps class names and queries (default: the model's training prompt); ``superpoints``: pool each window's
+    features over its superpoints (None: per voxel)."""
 
     def __init__(self, model: OpenVocab3D, vocabulary: Sequence[str], text_encoder: TextEncoder,
-                 device: str | torch.device = "cpu", max_window_voxels: int = 400_000, labelled_margin: float = 0.0):
+                 device: str | torch.device = "cpu", max_window_voxels: int = 400_000, labelled_margin: float = 0.0,
+                 template: str = "", superpoints: SuperpointConfig | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vocabulary = list(vocabulary)
         self.text_encoder = text_encoder
-        self.template = model.cfg.prompt_template
+        self.template = template or model.cfg.prompt_template
+        self.superpoints = superpoints
         self.max_window_voxels = max_window_voxels
         self.labelled_margin = float(labelled_margin)
 
@@ -87,6 +103,8 @@ class MapSegmenter:
             config = from_dict(OpenVocab3DConfig, ckpt.config["model"])
             model = OpenVocab3D(config, base_text=ckpt.state_dict["base_text"])
             model.load_state_dict({k: v.float() for k, v in ckpt.state_dict.items()})
+            kwargs.setdefault("template", config.query_template)
+            kwargs.setdefault("superpoints", config.superpoints if config.pool_superpoints else None)
         encoder = build_text_encoder({"type": config.text_encoder})
         if encoder.dim != config.text_dim:
             raise ValueError(f"text encoder {encoder.name} gives {encoder.dim}-d embeddings, model expects "
@@ -124,6 +142,9 @@ class MapSegmenter:
         positions = positions[select]
         t0 = time.perf_counter()
         feats = self.features(keys, positions, colors)
+        if self.superpoints is not None:
+            feats = pool_over_superpoints(feats, voxel_superpoints(keys, positions, colors=colors,
+                                                                   **vars(self.superpoints)))
         seconds = time.perf_counter() - t0
         voxel_map.integrate_features(positions, feats.float().cpu().numpy())
         return WindowResult(len(select), seconds, keys, positions, feats)

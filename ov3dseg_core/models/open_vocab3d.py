@@ -33,6 +33,7 @@ from torch import nn
 from ov3dseg_core.models.backbones import batch_mean, offset_to_batch  # (also registers the sparse U-Nets)
 from ov3dseg_core.models.heads import TextClassifier
 from ov3dseg_core.models.losses import binary_loss, mask_alignment_loss, segmentation_ce, view_alignment_loss
+from ov3dseg_core.models.superpoints import SuperpointConfig
 from ov3dseg_core.models.text import DEFAULT_TEMPLATE
 from ov3dseg_core.registry import REGISTRY
 
@@ -54,6 +55,10 @@ class OpenVocab3DConfig:
     binary_weight: float = 0.0       # omega_bi of L_bi (0: off)
     binary_threshold: float = 0.55   # base score (max cosine to a base class) separating base from not-base
     binary_sharpness: float = 20.0   # logit = sharpness * (threshold - base score)
+    # Inference (MapSegmenter); they change no weight and are chosen on validation scenes:
+    query_template: str = ""         # template of class names and queries ("" = prompt_template)
+    pool_superpoints: bool = False   # average each window's features over its superpoints (normals + colour)
+    superpoints: SuperpointConfig = field(default_factory=SuperpointConfig)
 
 
 @REGISTRY.register("model", "OpenVocab3D")

@@ -11,6 +11,8 @@ edge.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -20,6 +22,16 @@ from ov3dseg_core.eval.matching import pack_keys
 
 _HALF_NEIGHBOURHOOD = np.array([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
                                 if (dx, dy, dz) > (0, 0, 0)], dtype=np.int64)  # 13 offsets: each pair once
+
+
+@dataclass
+class SuperpointConfig:
+    """Parameters of ``voxel_superpoints`` (see there and ``felzenszwalb_segments``)."""
+
+    k: float = 0.05
+    min_size: int = 20
+    max_size: int = 400
+    color_weight: float = 1.0
 
 
 def estimate_normals(points: np.ndarray, k: int = 16) -> np.ndarray:
@@ -80,16 +92,23 @@ def _merge(label, size, internal, src, dst, w, num):
     return group[label], new_size, new_internal, count
 
 
-def felzenszwalb_segments(normals: np.ndarray, edges: np.ndarray, k: float = 0.05, min_size: int = 20) -> np.ndarray:
+def felzenszwalb_segments(normals: np.ndarray, edges: np.ndarray, k: float = 0.05, min_size: int = 20,
+                          colors: np.ndarray | None = None, color_weight: float = 0.0) -> np.ndarray:
     """(N,) int64 segment ids in [0, S) of N graph nodes with unit normals (N, 3) and edges (E, 2).
 
     k: the merge threshold scale (larger = larger segments; ScanNet's mesh segmentator uses 0.01 on mesh normals,
-    noisier voxel normals need more); min_size: segments with fewer nodes are joined to their lightest neighbour.
+    noisier voxel normals need more); min_size: segments with fewer nodes are joined to their lightest neighbour;
+    colors (N, 3) uint8 with color_weight > 0 add color_weight x the RGB distance (1 = black to white) to each edge
+    weight, as Felzenszwalb-Huttenlocher's image segmentation does, so a picture or a sink is not merged into the
+    plane it lies in.
     """
     normals = np.asarray(normals, dtype=np.float64)
     edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     n = len(normals)
     weight = 1.0 - np.abs(np.einsum("ij,ij->i", normals[edges[:, 0]], normals[edges[:, 1]]))
+    if colors is not None and color_weight > 0:
+        rgb = np.asarray(colors, dtype=np.float64) / (255.0 * np.sqrt(3.0))
+        weight += color_weight * np.linalg.norm(rgb[edges[:, 0]] - rgb[edges[:, 1]], axis=1)
     label, size, internal, num = np.arange(n), np.ones(n), np.zeros(n), n
     while True:
         src, dst, w = _lightest_edge(label, edges, weight, num)
@@ -108,15 +127,18 @@ def felzenszwalb_segments(normals: np.ndarray, edges: np.ndarray, k: float = 0.0
 
 
 def voxel_superpoints(keys: np.ndarray, positions: np.ndarray, k: float = 0.05, min_size: int = 20,
-                      max_size: int = 0, normal_neighbours: int = 16) -> np.ndarray:
-    """Superpoint ids (V,) int64 of a voxel map: voxel indices (V, 3), mean positions (V, 3) metres.
+                      max_size: int = 0, normal_neighbours: int = 16, colors: np.ndarray | None = None,
+                      color_weight: float = 0.0) -> np.ndarray:
+    """Superpoint ids (V,) int64 of a voxel map: voxel indices (V, 3), mean positions (V, 3) metres, optionally
+    colours (V, 3) uint8 weighted by ``color_weight`` (see ``felzenszwalb_segments``).
 
     max_size > 0: segments of more voxels are cut along a grid of ceil(sqrt(max_size)) voxels (noise-free planes
     of simulated rooms would otherwise merge everything coplanar with them, e.g. a picture on its wall)."""
     if len(keys) == 0:
         return np.zeros(0, np.int64)
     normals = estimate_normals(positions, normal_neighbours)
-    segment = felzenszwalb_segments(normals, voxel_graph(keys), k=k, min_size=min_size)
+    segment = felzenszwalb_segments(normals, voxel_graph(keys), k=k, min_size=min_size, colors=colors,
+                                    color_weight=color_weight)
     if max_size <= 0:
         return segment
     cell = np.floor_divide(np.asarray(keys, dtype=np.int64), int(np.ceil(np.sqrt(max_size))))

@@ -42,6 +42,20 @@ def test_two_planes_give_two_superpoints():
     assert all(len(np.unique(sp[capped == s])) == 1 for s in np.unique(capped))  # cuts of the same segments
 
 
+def test_colour_edges_split_a_picture_from_its_wall():
+    """A dark 6 x 6 picture in a white wall plane: one segment by normals alone, its own segment with colour."""
+    g = np.arange(20)
+    keys = np.stack(np.meshgrid([0], g, g, indexing="ij"), -1).reshape(-1, 3)
+    picture = (keys[:, 1] >= 7) & (keys[:, 1] < 13) & (keys[:, 2] >= 7) & (keys[:, 2] < 13)
+    colors = np.where(picture[:, None], 40, 235).astype(np.uint8).repeat(3, axis=1)
+    positions = (keys + 0.5) * 0.05
+    plain = voxel_superpoints(keys, positions, k=0.05, min_size=20)
+    assert len(np.unique(plain)) == 1
+    coloured = voxel_superpoints(keys, positions, k=0.05, min_size=20, colors=colors, color_weight=1.0)
+    assert len(np.unique(coloured[picture])) == 1 and len(np.unique(coloured[~picture])) == 1
+    assert coloured[picture][0] != coloured[~picture][0]
+
+
 def _frame(depth_m: float) -> RGBDFrame:
     camera = PinholeCamera(width=8, height=6, fx=8.0, fy=8.0, cx=3.5, cy=2.5)
     return RGBDFrame(None, np.full((6, 8), depth_m, np.float32), camera, pose=np.eye(4))

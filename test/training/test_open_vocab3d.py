@@ -82,6 +82,38 @@ def test_checkpoint_round_trip_through_map_segmenter(tmp_path, batch, minilm):
     assert np.array_equal(labels, expected.argmax(1)) and np.allclose(scores, expected.max(1), atol=1e-3)
 
 
+def test_inference_settings_of_the_checkpoint_reach_the_map_segmenter(tmp_path, minilm):
+    """query_template wraps names and queries; pool_superpoints gives every voxel of a superpoint (here: one
+    grey plane and one red plane meeting at a crease) its superpoint's mean feature, fused into the map."""
+    from ov3dseg_core.models.superpoints import SuperpointConfig, voxel_superpoints
+
+    model = _model(minilm, query_template="a {}", pool_superpoints=True,
+                   superpoints=SuperpointConfig(k=0.05, min_size=20, max_size=0, color_weight=1.0)).eval()
+    path = save_checkpoint(tmp_path / "m.safetensors",
+                           Checkpoint(model.state_dict(), to_dict(TrainConfig(model=model.cfg)), SPLIT.base))
+    seg = MapSegmenter.from_checkpoint(path)
+    assert seg.template == "a {}" and seg.superpoints == model.cfg.superpoints
+    assert torch.allclose(seg.embed(["chair"]), torch.nn.functional.normalize(minilm.encode(["a chair"]), dim=-1))
+
+    g = np.arange(20)
+    floor = np.stack(np.meshgrid(g, g, [0], indexing="ij"), -1).reshape(-1, 3)
+    wall = np.stack(np.meshgrid([0], g, g[1:], indexing="ij"), -1).reshape(-1, 3)
+    keys = np.concatenate([floor, wall])
+    colors = np.r_[np.full((len(floor), 3), 128), np.tile([[200, 30, 30]], (len(wall), 1))].astype(np.uint8)
+    voxel_map = VoxelMap(VoxelMapConfig(voxel_size=0.05, feature_dim=384))
+    voxel_map.integrate(((keys + 0.5) * 0.05).astype(np.float32), colors=colors)
+    seg.update(voxel_map)
+    with voxel_map.lock:
+        stored, k, p, c = voxel_map.features(), voxel_map.keys(), voxel_map.positions(), voxel_map.colors()
+    superpoint = voxel_superpoints(k, p, colors=c, **vars(seg.superpoints))
+    assert 2 <= len(np.unique(superpoint)) < 10
+    for s in np.unique(superpoint):
+        rows = stored[superpoint == s].astype(np.float32)
+        assert np.allclose(rows, rows[0], atol=2e-3)
+    raw = seg.features(k, p, c).numpy()
+    assert not np.allclose(raw, raw[0], atol=2e-3)  # per voxel the network's features differ
+
+
 def test_region_contrastive_loss_hand_computed():
     from ov3dseg_core.models.heads import TextClassifier
     from ov3dseg_core.models.open_vocab3d import region_contrastive_loss
