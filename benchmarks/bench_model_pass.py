@@ -1,8 +1,9 @@
 """Model pass of the embedded default over a voxel window, and what its input check used to cost.
 
 A window of V voxels on the walls of a box room (5 cm voxels, random colours) goes through
-``MapSegmenter.update`` (window selection, backbone + heads, feature fusion into the map) and through the model
-alone (``MapSegmenter.features``). In the same run, alternating: the duplicate-voxel input check as it was
+``MapSegmenter.update`` (window selection, backbone + heads, superpoint pooling, feature fusion into the map),
+through the model alone (``MapSegmenter.features``) and through the superpoint segmentation alone
+(``voxel_superpoints`` with the default's settings). In the same run, alternating: the duplicate-voxel input check as it was
 (``torch.unique(rows, dim=0)`` on (V, 4) batch + coordinate rows) and as it is (1-D unique on packed keys).
 
     python benchmarks/bench_model_pass.py [--threads 1] [--repeats 5] [--device cpu]
@@ -22,6 +23,7 @@ import torch  # noqa: E402
 from ov3dseg_core.mapping import VoxelMap, VoxelMapConfig  # noqa: E402
 from ov3dseg_core.models.backbones.spunet import _packed_rows  # noqa: E402
 from ov3dseg_core.models.map_segmenter import MapSegmenter  # noqa: E402
+from ov3dseg_core.models.superpoints import SuperpointConfig, voxel_superpoints  # noqa: E402
 from ov3dseg_core.models.voxel_inputs import grid_coordinates  # noqa: E402
 
 VOXEL = 0.05
@@ -64,6 +66,8 @@ def main() -> None:
         cases = {
             "update": lambda: segmenter.update(vmap),
             "model": lambda: segmenter.features(keys, positions, colors),
+            "superpoints": lambda: voxel_superpoints(keys, positions, colors=colors,
+                                                     **vars(segmenter.superpoints or SuperpointConfig())),
             "old check": lambda: torch.unique(indices, dim=0),
             "new check": lambda: torch.unique(_packed_rows(batch, coord, extent)),
         }
@@ -76,11 +80,12 @@ def main() -> None:
                     times[name].append((time.perf_counter() - start) * 1e3)
         t = {name: np.median(v) for name, v in times.items()}
         rows.append(f"| {len(keys):,} | {t['update']:.0f} | {t['model']:.0f} | {len(keys) / t['model'] * 1e3:,.0f} "
-                    f"| {len(keys) / t['update'] * 1e3:,.0f} | {t['old check']:.1f} | {t['new check']:.2f} |")
+                    f"| {len(keys) / t['update'] * 1e3:,.0f} | {t['superpoints']:.0f} | {t['old check']:.1f} "
+                    f"| {t['new check']:.2f} |")
     print(f"\nModel pass, embedded default on {args.device}, {args.threads} thread(s), {args.repeats} repeats; "
           f"1-min load {load_before:.1f} before / {os.getloadavg()[0]:.1f} after\n")
-    print("| voxels | update ms | model ms | model voxels/s | update voxels/s | old unique(dim=0) check ms "
-          "| 1-D unique check ms |\n|---:|---:|---:|---:|---:|---:|---:|")
+    print("| voxels | update ms | model ms | model voxels/s | update voxels/s | superpoints ms "
+          "| old unique(dim=0) check ms | 1-D unique check ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 
