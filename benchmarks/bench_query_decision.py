@@ -76,7 +76,8 @@ def main() -> None:
         for mode in modes:
             out = args.out / f"{seed}_{mode}"
             out.mkdir(parents=True, exist_ok=True)
-            _, query = evaluate_bag(bag, {"lidar_topics": []}, mode == "oracle", split, out, args.model)
+            _, sections = evaluate_bag(bag, {"lidar_topics": []}, mode == "oracle", split, out, args.model)
+            query = sections["query"]
             records[mode] += [{"seed": seed, "room_type": room_type, "class": name, **r}
                               for name, r in query["per_class"].items()]
             print(f"{seed} {room_type:<12} {mode:<6} " + ", ".join(

@@ -52,7 +52,8 @@ class OpenVocab3DConfig:
     view_weight: float = 1.0         # omega_view^3d
     region_weight: float = 1.0       # Mosaic3D's region contrastive loss
     mask_warmup_steps: int = 100     # L_mask and L_region start here
-    binary_weight: float = 0.0       # omega_bi of L_bi (0: off)
+    binary_weight: float = 0.0       # omega_bi of L_bi (0: off; measured and not kept for the default, see
+                                     # benchmarks/ablations/ov3d_binary.yaml)
     binary_threshold: float = 0.55   # base score (max cosine to a base class) separating base from not-base
     binary_sharpness: float = 20.0   # logit = sharpness * (threshold - base score)
     # Inference (MapSegmenter); they change no weight and are chosen on validation scenes:
