@@ -116,7 +116,8 @@ class MappingNode(Node):
                 raise ParameterError(f"{NODE_NAME}: feature_dim {cfg.feature_dim} does not match model "
                                      f"{cfg.model!r} ({model.feature_dim}-d features); leave it 0")
             self.semantic = SemanticStage(model, cfg.model_rate_hz, cfg.model_window_radius,
-                                          on_error=self._on_model_error, threads=cfg.threads)
+                                          on_error=self._on_model_error, on_pass=self._on_model_pass,
+                                          threads=cfg.threads)
         self.voxel_map = self._initial_map(cfg)
         self.timings = StageTimings()
         self.counters: Counter[str] = Counter()
@@ -287,6 +288,10 @@ class MappingNode(Node):
         if self.semantic is not None:
             self.semantic.close()
         super().destroy_node()
+
+    def _on_model_pass(self) -> None:
+        """A model pass fused new features (SemanticStage's thread): the cloud's labels change, publish it again."""
+        self._map_version += 1
 
     def _on_model_error(self, exc: Exception) -> None:
         """A model pass failed (SemanticStage's thread): logged and counted; mapping goes on."""

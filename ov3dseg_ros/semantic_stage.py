@@ -28,11 +28,13 @@ class SemanticStage:
     model's branch runs (``branch_passes``: {"2d": key frames used, "3d": 3D-branch runs}) and superseded windows.
 
     ``on_error(exc)`` is called (in the stage's thread) when a pass raises; the stage goes on with the next one.
+    ``on_pass()`` is called (in the stage's thread) after each pass that changed the map's features.
     ``threads``: torch intra-op threads of the stage's thread.
     """
 
     def __init__(self, model: ModelStage, rate_hz: float, radius: float, *, synchronous: bool = False,
-                 on_error: Callable[[Exception], None] | None = None, threads: int = 1):
+                 on_error: Callable[[Exception], None] | None = None,
+                 on_pass: Callable[[], None] | None = None, threads: int = 1):
         self.model = model
         self.period_ns = int(1e9 / rate_hz) if rate_hz > 0 else 0
         self.radius = radius
@@ -43,6 +45,7 @@ class SemanticStage:
         self.superseded = 0
         self.branch_passes = {"2d": 0, "3d": 0}
         self._on_error = on_error
+        self._on_pass = on_pass
         self._threads = threads
         self._pending: tuple[np.ndarray, VoxelMap] | None = None
         self._running = False
@@ -108,3 +111,5 @@ class SemanticStage:
         self.voxels += result.num_voxels
         for branch, runs in result.passes.items():
             self.branch_passes[branch] += runs
+        if self._on_pass is not None and result.num_voxels:
+            self._on_pass()

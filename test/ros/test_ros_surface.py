@@ -151,8 +151,9 @@ def test_vocabulary_and_text_services_with_a_model(ros_context, tiny_model):
         color, depth, _ = wall_images()
         rig.publish_frame(S, color, depth)
         rig.wait_status(lambda s: s.frames_integrated == 1 and s.has_features, what="a frame with features")
-        # the frame's cloud (published before the model pass) may still be in flight; later clouds have features
-        wait_until(lambda: rig.cloud is not None, what="the frame's cloud")
+        # the frame's cloud comes before the model pass; the pass publishes the cloud again, now labelled
+        wait_until(lambda: rig.cloud is not None and bool((pointcloud2_to_array(rig.cloud)["label"] >= 0).all()),
+                   what="the cloud republished after the model pass")
 
         response = call_service(rig, EncodeText, "/ov3dseg_mapper/encode_text",
                                 EncodeText.Request(texts=["chair", " a red sofa "]), timeout_s=120.0)
