@@ -12,6 +12,7 @@ success false.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import sys
 import threading
@@ -116,7 +117,7 @@ class MappingNode(Node):
                 raise ParameterError(f"{NODE_NAME}: feature_dim {cfg.feature_dim} does not match model "
                                      f"{cfg.model!r} ({model.feature_dim}-d features); leave it 0")
             self.semantic = SemanticStage(model, cfg.model_rate_hz, cfg.model_window_radius,
-                                          on_error=self._on_model_error, on_pass=self._on_model_pass,
+                                          on_error=self._on_model_error, on_pass=self._map_changed,
                                           threads=cfg.threads)
         self.voxel_map = self._initial_map(cfg)
         self.timings = StageTimings()
@@ -127,6 +128,7 @@ class MappingNode(Node):
         self._stages: list[tuple[str, FrameStage]] = [("integrate", self._integrate_geometry)]
         if self.semantic is not None:
             self._stages.append(("model", self.semantic))
+        self._versions = itertools.count(1)
         self._map_version = 0
         self._published_version = -1
         self._last_stamp_ns = 0
@@ -289,9 +291,10 @@ class MappingNode(Node):
             self.semantic.close()
         super().destroy_node()
 
-    def _on_model_pass(self) -> None:
-        """A model pass fused new features (SemanticStage's thread): the cloud's labels change, publish it again."""
-        self._map_version += 1
+    def _map_changed(self) -> None:
+        """The cloud's content changed (a frame, a model pass, the vocabulary, a load or a clear): publish it again.
+        Called from several threads; ``next`` on the counter is atomic, so no bump is lost to another."""
+        self._map_version = next(self._versions)
 
     def _on_model_error(self, exc: Exception) -> None:
         """A model pass failed (SemanticStage's thread): logged and counted; mapping goes on."""
@@ -303,7 +306,7 @@ class MappingNode(Node):
         new, result = on_set_parameters(self.config, params)
         if new is not None:
             if new.vocabulary != self.config.vocabulary:
-                self._map_version += 1  # the cloud's labels change: publish it again
+                self._map_changed()
             self.config = new
             self.queue.timeout_ns = int(new.tf_timeout_s * 1e9)
         return result
@@ -489,7 +492,7 @@ class MappingNode(Node):
             return
         self.timings.add(f"{frame.kind}_total", time.perf_counter() - start)
         self._count("integrated")
-        self._map_version += 1
+        self._map_changed()
         self._publish_status()
 
     def _process_rgbd(self, frame: PendingFrame) -> None:
@@ -775,7 +778,7 @@ class MappingNode(Node):
             return response
         loaded.label_names = self.config.label_names or None
         self.voxel_map = loaded  # the worker picks it up with its next frame
-        self._map_version += 1
+        self._map_changed()
         response.success, response.message = True, f"loaded {len(loaded)} voxels from {path}"
         return response
 
@@ -784,7 +787,7 @@ class MappingNode(Node):
         with voxel_map.lock:
             count = len(voxel_map)
             voxel_map.clear()
-        self._map_version += 1
+        self._map_changed()
         response.success, response.message = True, f"cleared {count} voxels"
         return response
 
