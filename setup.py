@@ -8,6 +8,7 @@ from setuptools import find_packages, setup
 CORE = [
     "numpy>=1.26",
     "scipy>=1.11",
+    "numba>=0.60",
     "pyyaml>=6",
     "tqdm>=4.66",
     "matplotlib>=3.8",

@@ -9,7 +9,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numba
 import numpy as np
+
+from ov3dseg_core.geometry.transforms import as_transform
 
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial")
 """CameraInfo distortion models understood here (coefficients k1, k2, p1, p2, k3[, k4, k5, k6])."""
@@ -120,14 +123,16 @@ def depth_to_metres(depth: np.ndarray, depth_scale: float | None = None) -> np.n
 
 
 def backproject_depth(camera: PinholeCamera, depth_m: np.ndarray, min_range: float = 0.1, max_range: float = 10.0,
-                      stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Back-project the valid pixels of a metric depth image into the camera (optical) frame.
+                      stride: int = 1, pose: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Back-project the valid pixels of a metric depth image into the camera (optical) frame, or through ``pose``.
 
     ``depth_m``: (H, W) float depth along the optical axis in metres (0 / NaN = invalid), matching the camera size.
     A pixel is kept when min_range <= depth <= max_range and depth > 0; ``stride`` keeps every stride-th row/column.
-    Returns (points (N, 3) float32 metres, camera frame, column-major (a view of a contiguous (3, N) array, which
-    ``transform_points`` and ``VoxelMap.integrate`` process axis by axis); pixel_index (N,) int64 = v * W + u in the
-    full image).
+    ``pose``: optional (4, 4) T_target_camera; the points are then returned in the target frame (applied in
+    float32 in the same pass).
+    Returns (points (N, 3) float32 metres, camera (or target) frame, column-major (a view of a contiguous (3, N)
+    array, which ``transform_points`` and ``VoxelMap.integrate`` process axis by axis); pixel_index (N,) int64 =
+    v * W + u in the full image), in pixel order.
     """
     depth_m = np.asarray(depth_m)
     _check_image_size(camera, depth_m)
@@ -135,21 +140,37 @@ def backproject_depth(camera: PinholeCamera, depth_m: np.ndarray, min_range: flo
         raise ValueError(f"depth_m must be floating point metres (use depth_to_metres), got {depth_m.dtype}")
     if int(stride) != stride or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride}")
-    depth = np.ascontiguousarray(depth_m[::stride, ::stride], dtype=np.float32)
-    valid = depth >= min_range
-    valid &= depth <= max_range
-    valid &= depth > 0
-    flat = np.flatnonzero(valid)
-    points = np.empty((3, flat.size), np.float32)  # rows x, y, z
-    depth.reshape(-1).take(flat, out=points[2], mode="clip")
-    if stride == 1:
-        pixels = flat
-    else:
-        rows, cols = np.divmod(flat, depth.shape[1])
-        pixels = rows * (stride * camera.width) + cols * stride
-    _pixel_rays(camera)[0].reshape(2, -1).take(pixels, axis=1, out=points[:2], mode="clip")  # (x/z, y/z) rows
-    points[:2] *= points[2]
-    return points.T, pixels.astype(np.int64, copy=False)
+    T = np.eye(4) if pose is None else as_transform(pose)
+    points, pixels = _backproject(np.asarray(depth_m, np.float32), _pixel_rays(camera)[0], int(stride),
+                                  np.float32(min_range), np.float32(max_range), T[:3, :3].astype(np.float32),
+                                  T[:3, 3].astype(np.float32))
+    return points.T, pixels
+
+
+@numba.njit(cache=True, nogil=True)
+def _backproject(depth, rays, stride, min_range, max_range, R, t):
+    """The kernel of ``backproject_depth``: (3, N) float32 points R @ (ray * depth) + t and (N,) int64 pixel
+    indices of the valid pixels of every stride-th row and column (a counting pass, then a filling pass)."""
+    height, width = depth.shape
+    n = 0
+    for v in range(0, height, stride):
+        for u in range(0, width, stride):
+            d = depth[v, u]
+            if d >= min_range and d <= max_range and d > 0:
+                n += 1
+    points = np.empty((3, n), np.float32)
+    pixels = np.empty(n, np.int64)
+    k = 0
+    for v in range(0, height, stride):
+        for u in range(0, width, stride):
+            d = depth[v, u]
+            if d >= min_range and d <= max_range and d > 0:
+                x, y = rays[0, v, u] * d, rays[1, v, u] * d
+                for a in range(3):
+                    points[a, k] = R[a, 0] * x + R[a, 1] * y + R[a, 2] * d + t[a]
+                pixels[k] = v * width + u
+                k += 1
+    return points, pixels
 
 
 def project_points(camera: PinholeCamera, points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -41,13 +41,13 @@ def make_transform(translation, quaternion_xyzw) -> np.ndarray:
 
 def transform_to_translation_quaternion(T) -> tuple[np.ndarray, np.ndarray]:
     """Split a (4, 4) transform into (translation (3,) metres, quaternion (4,) x, y, z, w with w >= 0)."""
-    T = _as_transform(T)
+    T = as_transform(T)
     return T[:3, 3].copy(), matrix_to_quaternion(T[:3, :3])
 
 
 def invert_transform(T) -> np.ndarray:
     """Inverse of a rigid (4, 4) transform: T_b_a from T_a_b, using R^T instead of a general inverse."""
-    T = _as_transform(T)
+    T = as_transform(T)
     inv = np.eye(4)
     R_t = T[:3, :3].T
     inv[:3, :3] = R_t
@@ -61,7 +61,7 @@ def transform_points(T, points: np.ndarray) -> np.ndarray:
     Returns (N, 3) points in the target frame with the dtype and the layout (row- or column-major) of ``points``
     (which must be floating point).
     """
-    T = _as_transform(T)
+    T = as_transform(T)
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"points must have shape (N, 3), got {points.shape}")
@@ -83,7 +83,7 @@ def interpolate_transform(T0, T1, alpha: float) -> np.ndarray:
     Translation is interpolated linearly, rotation by SLERP along the shortest arc. ``alpha`` 0 and 1 return exact
     copies of T0 and T1.
     """
-    T0, T1 = _as_transform(T0), _as_transform(T1)
+    T0, T1 = as_transform(T0), as_transform(T1)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     if alpha == 0.0:
@@ -98,7 +98,7 @@ def interpolate_transform(T0, T1, alpha: float) -> np.ndarray:
     return T
 
 
-def _as_transform(T) -> np.ndarray:
+def as_transform(T) -> np.ndarray:
     """``T`` as a (4, 4) float64 array; ValueError for another shape."""
     T = np.asarray(T, dtype=np.float64)
     if T.shape != (4, 4):

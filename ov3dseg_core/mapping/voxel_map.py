@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from ov3dseg_core.mapping import kernels
 from ov3dseg_core.mapping.instances import MATCH_IOU, InstanceTable, PassResult, instance_voxel_counts, merge_pass
 
 KEY_BITS = 21
@@ -72,6 +73,9 @@ RESERVE_HEADROOM = 1 << 18
 QUERY_CHUNK = 1 << 20
 """Dot products per chunk of int8 scoring: QUERY_CHUNK // K voxels at a time against K embeddings (the block stays
 in cache; one query scores up to QUERY_CHUNK voxels in one call)."""
+
+_NO_WEIGHTS, _NO_COLORS, _NO_LABELS = np.zeros(0, np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.int32)
+"""Stand-ins for absent per-point inputs of ``kernels.voxel_sums`` (one compiled signature)."""
 
 FEATURE_NORM_LIMIT = 60000.0
 """Largest accepted L2 norm of a feature vector: features are stored and scored in float16 (max 65504), and a fused
@@ -765,50 +769,31 @@ class VoxelMap:
         """Reduce N points ((N, 3) float32 metres and their validated extras, NumPy) to their U unique voxels with
         weighted sums, as tensors on the map's device (no map state touched).
 
-        Per-point work runs axis by axis on contiguous (3, N) rows (no copy for column-major points, as
-        ``frame_points`` returns them); colour and offset sums in one index_add_ over (6, N) rows.
+        The per-point passes are compiled loops (``mapping.kernels``) over contiguous (3, N) rows (no copy for
+        column-major points, as ``frame_points`` returns them).
         """
         vs = np.float32(self.voxel_size)
         rows = np.ascontiguousarray(pts.T)
-        grid = np.divide(rows, vs)
-        np.floor(grid, out=grid)
-        lo, hi = _row_bounds(grid)  # NaN when any point is NaN, beyond KEY_LIMIT when any is infinite
-        if not all(-KEY_LIMIT <= v <= KEY_LIMIT for v in lo + hi):
-            keep = (np.abs(grid) <= KEY_LIMIT).all(axis=0)  # False for NaN and infinity
-            rows, grid = rows[:, keep], grid[:, keep]
+        idx, keep, kept, lo, hi = kernels.grid_indices(rows, vs, KEY_LIMIT)
+        if kept < rows.shape[1]:  # non-finite or beyond KEY_LIMIT
+            rows, idx = rows[:, keep], idx[:, keep]
             w, cols, labs, feats = (None if e is None else e[keep] for e in (w, cols, labs, feats))
-            lo, hi = _row_bounds(grid)
-        n = rows.shape[1]
-        stats.points_invalid = stats.points_in - n
-        idx = grid.astype(np.int32)
-        values = np.empty((3 if cols is None else 6, n), np.float32)  # offsets from the voxel corner (m), RGB
-        np.subtract(rows, np.multiply(grid, vs, out=grid), out=values[:3])
-        if cols is not None:
-            np.copyto(values[3:], cols.T)
-        packed, keys, inv = _unique_voxels(idx, [int(v) for v in lo], [int(v) for v in hi])
+        stats.points_invalid = stats.points_in - kept
+        if kept and np.prod(hi - lo + 1) <= DENSE_GRID_CELLS_PER_POINT * kept + (1 << 16):
+            keys, inv = kernels.dense_unique(idx, lo, hi)
+            packed = pack_keys(torch.from_numpy(keys)).numpy()
+        else:
+            packed, inv = np.unique(pack_keys(torch.from_numpy(idx.T)).numpy(), return_inverse=True)
+            keys, inv = unpack_keys(torch.from_numpy(packed)).numpy(), inv.astype(np.int32)
         u = len(packed)
-        count = label_sum = None
-        if labs is not None:  # bin 0 of each voxel collects the ignored label -1 and is dropped
-            bins = self.config.num_labels + 1
-            flat = np.multiply(inv, bins, dtype=np.int32 if u * bins < 1 << 31 else np.int64)
-            flat += labs
-            flat += 1
-            histogram = np.bincount(flat, w, u * bins).reshape(u, bins)
-            label_sum = histogram[:, 1:].astype(np.float32)
-            if w is None:  # unit weights: the histogram's rows count the points
-                count = histogram.sum(axis=1).astype(np.int64)
-        if count is None:
-            count = np.bincount(inv, minlength=u)
-        weight = count.astype(np.float32) if w is None else np.bincount(inv, w, u).astype(np.float32)
-        if w is not None:
-            values *= w
-        index = torch.from_numpy(inv).to(torch.int64)
-        sums = torch.zeros((len(values), u)).index_add_(1, index, torch.from_numpy(values)).t()
+        weight, count, local_sum, color_sum, label_sum = kernels.voxel_sums(
+            rows, idx, inv, u, vs, _NO_WEIGHTS if w is None else w,
+            _NO_COLORS if cols is None else np.ascontiguousarray(cols), _NO_LABELS if labs is None else labs,
+            self.config.num_labels)
         feature_sum = None if feats is None else np.asarray(_spread_matrix(inv, u, w) @ feats, dtype=np.float32)
-        arrays = (packed, keys, weight, sums[:, :3], count, None if cols is None else sums[:, 3:], label_sum,
-                  feature_sum)
-        return _FrameVoxels(*(None if a is None else torch.as_tensor(a).contiguous().to(self.device)
-                              for a in arrays))
+        arrays = (packed, keys, weight, local_sum, count, None if cols is None else color_sum,
+                  None if labs is None else label_sum, feature_sum)
+        return _FrameVoxels(*(None if a is None else torch.from_numpy(a).to(self.device) for a in arrays))
 
     def _merge(self, frame: _FrameVoxels, stats: IntegrationStats, geometry: bool, main=None) -> None:
         """Add a frame's voxel sums to the map (lock held; ``main`` as in ``_lookup``)."""
@@ -963,46 +948,6 @@ class VoxelMap:
         excess = max(keys.numel() - int(self.config.max_voxels * self.config.eviction_target), 0)
         victims = torch.topk(priority, excess, largest=True, sorted=False).indices
         return self._evict_keys(torch.sort(keys.index_select(0, victims)).values)
-
-
-def _row_bounds(grid: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-axis min and max of (3, N) float voxel indices ([0.0] * 3 for N = 0)."""
-    if grid.shape[1] == 0:
-        return [0.0] * 3, [0.0] * 3
-    return grid.min(axis=1).tolist(), grid.max(axis=1).tolist()
-
-
-def _unique_voxels(idx: np.ndarray, lo: list[int], hi: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique voxels of (3, N) int32 indices (rows x, y, z) within [lo, hi] per axis.
-
-    Returns (packed (U,) int64 ascending, keys (U, 3) int32, inverse (N,) int32: voxel of each point).
-    """
-    n = idx.shape[1]
-    ext = [h - l + 1 for l, h in zip(lo, hi)]
-    cells = ext[0] * ext[1] * ext[2]
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros((0, 3), np.int32), np.zeros(0, np.int32)
-    if cells <= DENSE_GRID_CELLS_PER_POINT * n + (1 << 16):
-        # Linear cell index over the bounding box (int32: cells < 2**31); its order is the packed-key order.
-        linear = idx[0] - np.int32(lo[0])
-        linear *= ext[1]
-        linear += idx[1]
-        linear -= lo[1]
-        linear *= ext[2]
-        linear += idx[2]
-        linear -= lo[2]
-        occupied = np.zeros(cells, bool)
-        occupied[linear] = True
-        cell_ids = np.flatnonzero(occupied)
-        compact = np.empty(cells, np.int32)
-        compact[cell_ids] = np.arange(cell_ids.size, dtype=np.int32)
-        inverse = compact.take(linear)
-        xy, z = np.divmod(cell_ids, ext[2])
-        x, y = np.divmod(xy, ext[1])
-        keys = np.stack([x + lo[0], y + lo[1], z + lo[2]], axis=1).astype(np.int32)
-        return pack_keys(torch.from_numpy(keys)).numpy(), keys, inverse
-    packed, inverse = np.unique(pack_keys(torch.from_numpy(idx.T)).numpy(), return_inverse=True)
-    return packed, unpack_keys(torch.from_numpy(packed)).numpy(), inverse.astype(np.int32)
 
 
 def _spread_matrix(inverse: np.ndarray, u: int, weights: np.ndarray | None) -> sparse.csc_matrix:
