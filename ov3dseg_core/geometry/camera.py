@@ -134,24 +134,45 @@ def backproject_depth(camera: PinholeCamera, depth_m: np.ndarray, min_range: flo
     array, which ``transform_points`` and ``VoxelMap.integrate`` process axis by axis); pixel_index (N,) int64 =
     v * W + u in the full image), in pixel order.
     """
+    return backproject_rgbd(camera, depth_m, min_range=min_range, max_range=max_range, stride=stride, pose=pose)[:2]
+
+
+def backproject_rgbd(camera: PinholeCamera, depth_m: np.ndarray, colors: np.ndarray | None = None,
+                     labels: np.ndarray | None = None, min_range: float = 0.1, max_range: float = 10.0,
+                     stride: int = 1, pose: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``backproject_depth`` that also reads the registered (H, W, 3) uint8 ``colors`` and (H, W) integer ``labels``
+    images at the kept pixels, in the same pass. Returns (points, pixel_index, colors (N, 3) uint8 | None, labels
+    (N,) int32 | None)."""
     depth_m = np.asarray(depth_m)
     _check_image_size(camera, depth_m)
     if depth_m.dtype.kind != "f":
         raise ValueError(f"depth_m must be floating point metres (use depth_to_metres), got {depth_m.dtype}")
     if int(stride) != stride or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride}")
+    for name, image, shape in (("colors", colors, depth_m.shape + (3,)), ("labels", labels, depth_m.shape)):
+        if image is not None and np.shape(image) != shape:
+            raise ValueError(f"{name} must have shape {shape} like the depth image, got {np.shape(image)}")
     T = np.eye(4) if pose is None else as_transform(pose)
-    points, pixels = _backproject(np.asarray(depth_m, np.float32), _pixel_rays(camera)[0], int(stride),
-                                  np.float32(min_range), np.float32(max_range), T[:3, :3].astype(np.float32),
-                                  T[:3, 3].astype(np.float32))
-    return points.T, pixels
+    points, pixels, point_colors, point_labels = _backproject(
+        np.asarray(depth_m, np.float32), _pixel_rays(camera)[0], int(stride), np.float32(min_range),
+        np.float32(max_range), T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32),
+        _NO_COLORS if colors is None else np.asarray(colors, np.uint8),
+        _NO_LABELS if labels is None else np.asarray(labels, np.int32))
+    return (points.T, pixels, None if colors is None else point_colors, None if labels is None else point_labels)
+
+
+_NO_COLORS, _NO_LABELS = np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.int32)
+"""Stand-ins for absent images in ``_backproject`` (one compiled signature)."""
 
 
 @numba.njit(cache=True, nogil=True)
-def _backproject(depth, rays, stride, min_range, max_range, R, t):
-    """The kernel of ``backproject_depth``: (3, N) float32 points R @ (ray * depth) + t and (N,) int64 pixel
-    indices of the valid pixels of every stride-th row and column (a counting pass, then a filling pass)."""
+def _backproject(depth, rays, stride, min_range, max_range, R, t, colors, labels):
+    """The kernel of ``backproject_rgbd``: (3, N) float32 points R @ (ray * depth) + t, (N,) int64 pixel indices,
+    (N, 3) colours and (N,) labels (empty when their images are) of the valid pixels of every stride-th row and
+    column (a counting pass, then a filling pass)."""
     height, width = depth.shape
+    with_colors, with_labels = colors.shape[0] == height, labels.shape[0] == height
     n = 0
     for v in range(0, height, stride):
         for u in range(0, width, stride):
@@ -160,6 +181,8 @@ def _backproject(depth, rays, stride, min_range, max_range, R, t):
                 n += 1
     points = np.empty((3, n), np.float32)
     pixels = np.empty(n, np.int64)
+    point_colors = np.empty((n if with_colors else 0, 3), np.uint8)
+    point_labels = np.empty(n if with_labels else 0, np.int32)
     k = 0
     for v in range(0, height, stride):
         for u in range(0, width, stride):
@@ -169,8 +192,13 @@ def _backproject(depth, rays, stride, min_range, max_range, R, t):
                 for a in range(3):
                     points[a, k] = R[a, 0] * x + R[a, 1] * y + R[a, 2] * d + t[a]
                 pixels[k] = v * width + u
+                if with_colors:
+                    for c in range(3):
+                        point_colors[k, c] = colors[v, u, c]
+                if with_labels:
+                    point_labels[k] = labels[v, u]
                 k += 1
-    return points, pixels
+    return points, pixels, point_colors, point_labels
 
 
 def project_points(camera: PinholeCamera, points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from ov3dseg_core.geometry.camera import PinholeCamera, backproject_depth, depth_to_metres, project_points
+from ov3dseg_core.geometry.camera import (PinholeCamera, backproject_depth, backproject_rgbd, depth_to_metres,
+                                         project_points)
+from ov3dseg_core.geometry.transforms import make_transform, transform_points
 
 CAMERA = PinholeCamera(width=4, height=3, fx=2.0, fy=4.0, cx=1.5, cy=1.0)
 
@@ -126,6 +128,27 @@ def test_backproject_stride_is_a_subset():
     sub_points, sub_index = backproject_depth(CAMERA, depth, stride=2)
     np.testing.assert_array_equal(sub_index, [0, 2, 8, 10])
     np.testing.assert_array_equal(sub_points, points[sub_index])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_backproject_rgbd_posed_and_gathered(stride):
+    rng = np.random.default_rng(2)
+    depth = rng.uniform(0.5, 5, size=(3, 4)).astype(np.float32)
+    depth[1, 2] = 0.0
+    colors = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    labels = rng.integers(-1, 7, (3, 4)).astype(np.int64)
+    pose = make_transform([1.0, -2.0, 0.5], [0.0, 0.0, np.sqrt(0.5), np.sqrt(0.5)])  # 90 degrees about z
+    points, index, point_colors, point_labels = backproject_rgbd(CAMERA, depth, colors, labels, stride=stride,
+                                                                 pose=pose)
+    camera_points, camera_index = backproject_depth(CAMERA, depth, stride=stride)
+    np.testing.assert_array_equal(index, camera_index)
+    np.testing.assert_allclose(points, transform_points(pose, camera_points), atol=1e-6)
+    np.testing.assert_array_equal(point_colors, colors.reshape(-1, 3)[index])
+    np.testing.assert_array_equal(point_labels, labels.reshape(-1)[index])
+    assert point_labels.dtype == np.int32 and points.T.flags.c_contiguous
+    assert backproject_rgbd(CAMERA, depth)[2:] == (None, None)
+    with pytest.raises(ValueError, match="colors"):
+        backproject_rgbd(CAMERA, depth, colors[:2])
 
 
 @pytest.mark.parametrize("depth, stride", [
