@@ -19,7 +19,7 @@ from ov3dseg_core.eval.matching import match_points_to_voxels
 from ov3dseg_core.eval.splits import load_split, name_mapping
 from ov3dseg_core.models.methods import method_config
 from ov3dseg_core.models.methods.data import teacher_voxel_features
-from ov3dseg_core.models.methods.training import superpoint_settings, teacher_capability
+from ov3dseg_core.models.methods.training import teacher_capability
 from ov3dseg_core.models.teachers.fusion import FUSION_RULES, fuse_teachers
 from ov3dseg_core.models.text import CachedTextEncoder, apply_template, build_text_encoder
 from ov3dseg_core.training.config import TrainConfig
@@ -48,7 +48,7 @@ def main() -> None:
     capability = torch.from_numpy(np.stack([cap["dense"], cap["mask"]]))
     reports: dict[str, list] = {rule: [] for rule in FUSION_RULES}
     for i, (scene, fs) in enumerate(zip(scenes, fused)):
-        t = teacher_voxel_features(scene, fs, mcfg.teachers, encoder.encode, cache, superpoint_settings(mcfg),
+        t = teacher_voxel_features(scene, fs, mcfg.teachers, encoder.encode, cache, mcfg.superpoints,
                                    mcfg.teachers.seed + 10_000 + i)
         feats = [torch.from_numpy(t["dense"]), torch.from_numpy(t["mask"])]
         seen = [torch.from_numpy(t["dense_count"] > 0), torch.from_numpy(t["mask_count"] > 0)]

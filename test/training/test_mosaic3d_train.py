@@ -13,6 +13,7 @@ from ov3dseg_core.models.methods.mosaic3d import Mosaic3D, Mosaic3DConfig, voxel
 from ov3dseg_core.models.methods.mosaic3d.data_engine import EngineConfig, scene_dataset
 from ov3dseg_core.models.methods.mosaic3d.decoder import DecoderConfig
 from ov3dseg_core.models.methods.mosaic3d.training import MaskCaptionWindowDataset, collate_mask_captions
+from ov3dseg_core.models.superpoints import SuperpointConfig
 from ov3dseg_core.training.checkpoint import load_checkpoint
 from ov3dseg_core.training.map_windows import MapWindowConfig, cached_fused_scene
 
@@ -25,7 +26,7 @@ DECODER = {"d_model": 16, "heads": 2, "layers": 1, "ffn": 32, "queries": 8, "att
 def test_region_loss_and_decoder_loss_fall(small_scene, minilm, tmp_path):
     torch.manual_seed(0)
     fused = cached_fused_scene(small_scene, 0.05, tmp_path)
-    data = scene_dataset(small_scene, fused, EngineConfig(frame_stride=1), (0.05, 20, 300), tmp_path, 0)
+    data = scene_dataset(small_scene, fused, EngineConfig(frame_stride=1), SuperpointConfig(max_size=300), tmp_path, 0)
     windows = MapWindowConfig(max_voxels=1200, whole_room_prob=0.0, augment=False)
     dataset = MaskCaptionWindowDataset([fused], [data], [minilm.encode(list(data["captions"]))], minilm.encode,
                                        windows)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ov3dseg_core.config import from_dict
+from ov3dseg_core.models.superpoints import SuperpointConfig
 from ov3dseg_core.models.text import DEFAULT_TEMPLATE
 from ov3dseg_core.registry import REGISTRY
 
@@ -51,8 +52,9 @@ class MethodConfig:
 
     vocabulary: the prebuilt class vocabulary (SAS Tab. 9) used by capability fusion and TESD, names only (empty:
     the split's evaluated classes); fusion: how the teachers' point features become the target
-    (teachers.fusion.FUSION_RULES); tau: Eq. 8 temperature; superpoint_k / _min_size / _max_size: Felzenszwalb
-    threshold and minimum / maximum segment size (voxels); min_lr_ratio: the linear schedule ends at lr * min_lr_ratio.
+    (teachers.fusion.FUSION_RULES); tau: Eq. 8 temperature; superpoints: the Felzenszwalb segmentation of the
+    training voxels (on normals only: the methods' superpoints read no colour); min_lr_ratio: the linear schedule
+    ends at lr * min_lr_ratio.
     """
 
     text_encoder: str = "minilm"
@@ -62,9 +64,7 @@ class MethodConfig:
     teachers: TeacherConfig = field(default_factory=TeacherConfig)
     fusion: str = "capability"
     tau: float = 0.1
-    superpoint_k: float = 0.05
-    superpoint_min_size: int = 20
-    superpoint_max_size: int = 300
+    superpoints: SuperpointConfig = field(default_factory=lambda: SuperpointConfig(max_size=300, color_weight=0.0))
     min_lr_ratio: float = 0.1
 
 

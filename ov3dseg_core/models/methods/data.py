@@ -29,7 +29,7 @@ from ov3dseg_core.atomic_write import atomic_path
 from ov3dseg_core.data.frames import Scene
 from ov3dseg_core.models.methods.base import TeacherConfig
 from ov3dseg_core.models.multiview import fuse_multiview
-from ov3dseg_core.models.superpoints import voxel_superpoints
+from ov3dseg_core.models.superpoints import SuperpointConfig, voxel_superpoints
 from ov3dseg_core.models.teachers.alignment import AlignedMaskTeacher
 from ov3dseg_core.models.voxel_inputs import grid_coordinates
 from ov3dseg_core.registry import REGISTRY
@@ -60,10 +60,10 @@ def instance_proposals(instances: np.ndarray, superpoint: np.ndarray, rng: np.ra
 
 def teacher_voxel_features(scene: Scene, fused: FusedScene, cfg: TeacherConfig,
                            embed: Callable[[list[str]], torch.Tensor], cache_dir: str | Path,
-                           superpoints: tuple[float, int, int], seed: int) -> dict[str, np.ndarray]:
-    """Teacher features (float16), view counts, superpoints (Felzenszwalb k, min size, max size) and proposals of
-    a fused scene's voxels, cached."""
-    tag = json.dumps([fused.name, len(fused.keys), vars(cfg), list(superpoints), seed, TEACHER_FORMAT],
+                           superpoints: SuperpointConfig, seed: int) -> dict[str, np.ndarray]:
+    """Teacher features (float16), view counts, superpoints (on normals) and proposals of a fused scene's voxels,
+    cached."""
+    tag = json.dumps([fused.name, len(fused.keys), vars(cfg), vars(superpoints), seed, TEACHER_FORMAT],
                      sort_keys=True, default=str)
     path = Path(cache_dir) / f"teachers_{Path(fused.name).name}_{hashlib.sha1(tag.encode()).hexdigest()[:10]}.npz"
     if path.is_file():
@@ -74,7 +74,7 @@ def teacher_voxel_features(scene: Scene, fused: FusedScene, cfg: TeacherConfig,
     for name, teacher in teachers.items():
         feats, count = fuse_multiview(fused.positions, scene.frames, teacher, cfg.frame_stride, cfg.depth_rel_tol)
         out[name], out[f"{name}_count"] = feats.half().numpy(), count.numpy().astype(np.int32)
-    out["superpoint"] = voxel_superpoints(fused.keys, fused.positions, *superpoints)
+    out["superpoint"] = voxel_superpoints(fused.keys, fused.positions, **vars(superpoints))
     out["proposal"] = instance_proposals(fused.instances, out["superpoint"], np.random.default_rng(seed))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

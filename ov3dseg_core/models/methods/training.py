@@ -49,10 +49,6 @@ def teacher_capability(cfg: MethodConfig, vocabulary: Sequence[str], vocab_text:
     return scores
 
 
-def superpoint_settings(cfg: MethodConfig) -> tuple[float, int, int]:
-    return cfg.superpoint_k, cfg.superpoint_min_size, cfg.superpoint_max_size
-
-
 def prepare_method_training(cfg, split, scenes: Sequence[Scene], fused: Sequence, encoder) -> MethodTraining:
     """Model, dataset and collate function for ``cfg.method`` (``cfg``: training.config.TrainConfig) on the
     training ``scenes`` and their fused maps ``fused``."""
@@ -73,7 +69,7 @@ def prepare_method_training(cfg, split, scenes: Sequence[Scene], fused: Sequence
     cap = torch.from_numpy(np.stack([capability["dense"], capability["mask"]]))
     targets, has, superpoints, proposals = [], [], [], []
     for i, (scene, fs) in enumerate(tqdm(list(zip(scenes, fused)), desc="teacher features", unit="scene")):
-        t = teacher_voxel_features(scene, fs, mcfg.teachers, cached.encode, cache_dir, superpoint_settings(mcfg),
+        t = teacher_voxel_features(scene, fs, mcfg.teachers, cached.encode, cache_dir, mcfg.superpoints,
                                    mcfg.teachers.seed + i)
         feats = [torch.from_numpy(t["dense"]), torch.from_numpy(t["mask"])]
         seen = [torch.from_numpy(t["dense_count"] > 0), torch.from_numpy(t["mask_count"] > 0)]

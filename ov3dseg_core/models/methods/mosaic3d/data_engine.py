@@ -39,7 +39,7 @@ from ov3dseg_core.geometry.camera import PinholeCamera, project_points
 from ov3dseg_core.eval.instances import mask_iou
 from ov3dseg_core.geometry.transforms import invert_transform, transform_points
 from ov3dseg_core.models.methods.data import instance_proposals
-from ov3dseg_core.models.superpoints import voxel_superpoints
+from ov3dseg_core.models.superpoints import SuperpointConfig, voxel_superpoints
 from ov3dseg_core.models.teachers.base import Captioner, MaskSet, MaskTeacher
 from ov3dseg_core.models.teachers.simulated import frame_objects
 from ov3dseg_core.registry import REGISTRY
@@ -353,12 +353,12 @@ def proposal_masks(proposal: np.ndarray) -> np.ndarray:
     return np.arange(num)[:, None] == proposal[None]
 
 
-def scene_dataset(scene: Scene, fused: FusedScene, cfg: EngineConfig, superpoints: tuple[float, int, int],
+def scene_dataset(scene: Scene, fused: FusedScene, cfg: EngineConfig, superpoints: SuperpointConfig,
                   cache_dir: str | Path, seed: int) -> dict[str, Any]:
     """The mask-caption data of one fused training scene, cached: ``scene_pairs`` over the fused voxel positions,
-    Segment3D-like proposals (V,) (``instance_proposals`` on the voxels' superpoints: Felzenszwalb k, min size,
-    max size) and Algorithm 1's ``merged``: the caption indices of each proposal."""
-    tag = json.dumps([fused.name, len(fused.keys), asdict(cfg), list(superpoints), seed, ENGINE_FORMAT],
+    Segment3D-like proposals (V,) (``instance_proposals`` on the voxels' ``superpoints``, on normals) and
+    Algorithm 1's ``merged``: the caption indices of each proposal."""
+    tag = json.dumps([fused.name, len(fused.keys), asdict(cfg), asdict(superpoints), seed, ENGINE_FORMAT],
                      sort_keys=True, default=str)
     path = Path(cache_dir) / f"mosaic3d_{Path(fused.name).name}_{hashlib.sha1(tag.encode()).hexdigest()[:10]}.npz"
     if path.is_file():
@@ -367,7 +367,7 @@ def scene_dataset(scene: Scene, fused: FusedScene, cfg: EngineConfig, superpoint
             meta = json.loads(str(data["meta"]))
         return {**out, **meta}
     out = DataEngine(cfg, scene.label_names, seed).scene_pairs(scene, fused.positions)
-    superpoint = voxel_superpoints(fused.keys, fused.positions, *superpoints)
+    superpoint = voxel_superpoints(fused.keys, fused.positions, **asdict(superpoints))
     out["proposal"] = instance_proposals(fused.instances, superpoint, np.random.default_rng(seed), cfg.proposal_drop)
     masks = pair_masks(out["mask_point"], out["mask_id"], len(out["captions"]), len(fused.keys))
     out["merged"] = merge_captions(masks, proposal_masks(out["proposal"]), cfg.iou_threshold)

@@ -129,9 +129,8 @@ def use_sgd_onecycle(trainer: Trainer, params: list[torch.nn.Parameter], momentu
 
 def build_datasets(cfg, scenes, fused, mcfg: Mosaic3DConfig, embed, out: Path) -> list[dict[str, Any]]:
     """Run (or load) the data engine on every training scene; prints and writes OUT/data_engine.json."""
-    superpoints = (mcfg.superpoint_k, mcfg.superpoint_min_size, mcfg.superpoint_max_size)
     cache = Path(cfg.data.cache_dir) / "mosaic3d"
-    data = [scene_dataset(scene, fs, mcfg.engine, superpoints, cache, mcfg.engine.seed + i)
+    data = [scene_dataset(scene, fs, mcfg.engine, mcfg.superpoints, cache, mcfg.engine.seed + i)
             for i, (scene, fs) in enumerate(tqdm(list(zip(scenes, fused)), desc="data engine", unit="scene"))]
     stats = dataset_statistics(data)
     print("mask-caption dataset (Tab. A1):\n" + format_statistics(stats))
