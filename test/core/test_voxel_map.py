@@ -176,6 +176,14 @@ def test_invalid_points_are_dropped_and_counted():
     assert KEY_LIMIT * VS > 50_000  # the index range covers any robot workspace
 
 
+def test_points_at_opposite_corners_of_the_key_range():
+    vmap = make_map()
+    corner = (KEY_LIMIT - 0.5) * VS
+    points = np.array([[-corner] * 3, [corner] * 3, [0.01, 0.01, 0.01]], np.float32)
+    assert vmap.integrate(points).voxels_created == 3  # a bounding box of almost 2**63 cells: the sort path
+    np.testing.assert_array_equal(vmap.keys(), [[-KEY_LIMIT] * 3, [0, 0, 0], [KEY_LIMIT - 1] * 3])
+
+
 def test_pack_unpack_round_trip_and_order():
     keys = torch.tensor([[-KEY_LIMIT, 0, 5], [-1, -1, -1], [0, 0, 0], [0, 0, 1], [0, 1, -KEY_LIMIT],
                          [KEY_LIMIT, KEY_LIMIT, KEY_LIMIT]], dtype=torch.int32)
