@@ -7,8 +7,8 @@
 2. New-voxel frames at size M vs 10k: two maps (10k and M voxels, 20 labels) take the same fresh frames in turn;
    the paired ratio is time(M) / time(10k) for the same frame.
 3. Queries: feature maps (384-d) at 10k / 100k / 1M voxels, floor -1 (every voxel scored against the query and 19
-   negatives) and a calibrated floor (0.575, the default model's), alternating with the memory-read floor: a NumPy
-   pass over the int8 feature store's bytes (and over the float16 features for comparison). Top-100 agreement of the
+   negatives) and a calibrated floor (0.575, the 3000-step default model's; the 5000-step one's is 0.525),
+   alternating with the memory-read floor: a NumPy pass over the int8 feature store's bytes (and over the float16 features for comparison). Top-100 agreement of the
    int8 ranking with float32. Label-only maps up to 5M voxels.
 4. Memory per voxel (``memory_bytes() / len``) of both kinds.
 
@@ -32,7 +32,7 @@ from ov3dseg_core.data.frames import frame_points  # noqa: E402
 from ov3dseg_core.mapping import VoxelMap, VoxelMapConfig, query_features, query_labels  # noqa: E402
 from ov3dseg_core.mapping.query import FEATURE_CALIBRATION, QueryCalibration  # noqa: E402
 
-CALIBRATED = QueryCalibration(0.75, 0.575, "the embedded default's calibration")
+CALIBRATED = QueryCalibration(0.75, 0.575, "the 3000-step embedded default's calibration")
 
 
 class TimedLock:
