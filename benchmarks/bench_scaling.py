@@ -8,8 +8,8 @@
    the paired ratio is time(M) / time(10k) for the same frame.
 3. Queries: feature maps (384-d) at 10k / 100k / 1M voxels, floor -1 (every voxel scored against the query and 19
    negatives) and a calibrated floor (0.575, the 3000-step default model's; the 5000-step one's is 0.525),
-   alternating with the memory-read floor: a NumPy pass over the int8 feature store's bytes (and over the float16 features for comparison). Top-100 agreement of the
-   int8 ranking with float32. Label-only maps up to 5M voxels.
+   alternating with the memory-read floor: a NumPy pass over the int8 feature store's bytes (and over the float16
+   features for comparison). Top-100 agreement of the int8 ranking with float32. Label-only maps up to 5M voxels.
 4. Memory per voxel (``memory_bytes() / len``) of both kinds.
 
     python benchmarks/bench_scaling.py [--max-voxels 5000000] [--repeats 15]
