@@ -20,7 +20,7 @@ def grid_indices(rows, voxel_size, limit):
 
     Returns (idx (3, N) int32, keep (N,) bool: finite with |index| <= ``limit`` on every axis, kept (count), lo (3,)
     and hi (3,) int64: per-axis index bounds of the kept points (lo > hi when none is kept)). Points that are not
-    kept get index 0. Axis by axis, so that the floor pass vectorises.
+    kept get index 0. Axis by axis and without branches, so that the passes vectorise.
     """
     n = rows.shape[1]
     grid = np.empty((3, n), np.float32)
@@ -32,16 +32,16 @@ def grid_indices(rows, voxel_size, limit):
     for a in range(3):
         for i in range(n):
             keep[i] &= (-bound <= grid[a, i]) & (grid[a, i] <= bound)  # False for NaN
-    idx = np.zeros((3, n), np.int32)
-    lo = np.full(3, limit + 1, np.int64)
-    hi = np.full(3, -limit - 1, np.int64)
+    idx = np.empty((3, n), np.int32)
+    lo = np.empty(3, np.int64)
+    hi = np.empty(3, np.int64)
     for a in range(3):
-        low, high = limit + 1, -limit - 1
+        low, high = np.int32(limit + 1), np.int32(-limit - 1)
         for i in range(n):
-            if keep[i]:
-                v = np.int32(grid[a, i])
-                idx[a, i] = v
-                low, high = min(low, v), max(high, v)
+            v = np.int32(grid[a, i] if keep[i] else np.float32(0.0))
+            idx[a, i] = v
+            low = min(low, v if keep[i] else np.int32(limit + 1))
+            high = max(high, v if keep[i] else np.int32(-limit - 1))
         lo[a], hi[a] = low, high
     return idx, keep, int(keep.sum()), lo, hi
 
@@ -98,7 +98,8 @@ def voxel_sums(rows, idx, inverse, u, voxel_size, weights, colors, labels, num_l
     for i in range(n):
         v = inverse[i]
         w = weights[i] if weighted else np.float32(1.0)
-        weight[v] += w
+        if weighted:
+            weight[v] += w
         count[v] += 1
         for a in range(3):
             local[v, a] += w * (rows[a, i] - np.float32(idx[a, i]) * voxel_size)
@@ -107,4 +108,6 @@ def voxel_sums(rows, idx, inverse, u, voxel_size, weights, colors, labels, num_l
                 color[v, a] += w * np.float32(colors[i, a])
         if with_labels and labels[i] >= 0:
             label[v, labels[i]] += w
+    if not weighted:
+        weight[:] = count
     return weight, count, local, color, label
