@@ -117,7 +117,7 @@ def test_short_run_lowers_the_loss_and_switches_mask_loss_on_by_epoch(dataset, m
     losses = []
     for step in range(12):
         terms = model.training_losses(batch, step)
-        assert (float(terms["mask"]) > 0) == (step >= 8)
+        assert (float(terms["mask"].detach()) > 0) == (step >= 8)
         optimizer.zero_grad()
         terms["loss"].backward()
         optimizer.step()
