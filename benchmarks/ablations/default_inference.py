@@ -13,7 +13,6 @@ import argparse
 import os
 import time
 
-import numpy as np
 from tqdm import tqdm
 
 from ov3dseg_core.config import load_config
