@@ -166,6 +166,12 @@ _NO_COLORS, _NO_LABELS = np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.int3
 """Stand-ins for absent images in ``_backproject`` (one compiled signature)."""
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _kept_depth(d, min_range, max_range):
+    """Whether a depth value (metres) is back-projected: min_range <= d <= max_range and d > 0 (False for NaN)."""
+    return d >= min_range and d <= max_range and d > 0
+
+
 @numba.njit(cache=True, nogil=True)
 def _backproject(depth, rays, stride, min_range, max_range, R, t, colors, labels):
     """The kernel of ``backproject_rgbd``: (3, N) float32 points R @ (ray * depth) + t, (N,) int64 pixel indices,
@@ -176,8 +182,7 @@ def _backproject(depth, rays, stride, min_range, max_range, R, t, colors, labels
     n = 0
     for v in range(0, height, stride):
         for u in range(0, width, stride):
-            d = depth[v, u]
-            if d >= min_range and d <= max_range and d > 0:
+            if _kept_depth(depth[v, u], min_range, max_range):
                 n += 1
     points = np.empty((3, n), np.float32)
     pixels = np.empty(n, np.int64)
@@ -187,7 +192,7 @@ def _backproject(depth, rays, stride, min_range, max_range, R, t, colors, labels
     for v in range(0, height, stride):
         for u in range(0, width, stride):
             d = depth[v, u]
-            if d >= min_range and d <= max_range and d > 0:
+            if _kept_depth(d, min_range, max_range):
                 x, y = rays[0, v, u] * d, rays[1, v, u] * d
                 for a in range(3):
                     points[a, k] = R[a, 0] * x + R[a, 1] * y + R[a, 2] * d + t[a]
