@@ -223,33 +223,33 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
     ``label`` (the query text). threshold 0 = the calibrated default; top_k limits the returned voxels (0 = all).
     A map with instances is answered from them (``instance_scores``; grouped by instance id).
 
-    Cosines come from the map's int8 feature copy (``feature_similarity(compact=True)`` and ``query_similarity``,
-    about 1e-2 off the float16 values, half the bytes to read): with a floor above -1 the query first, then the
-    negatives for the voxels at or above the floor only (the others cannot match); with floor -1 all in one pass
-    over the features."""
+    Cosines come from the map's int8 feature copy (about 1e-2 off the float16 values, half the bytes to read):
+    with a floor above -1 one pass selects the voxels at or above the floor (``features_at_least``; the others
+    cannot match) and the negatives are scored for those only; with floor -1 all in one pass over the features
+    (``query_similarity``)."""
     _check_limits(top_k, threshold)
     dim = voxel_map.config.feature_dim
     if dim == 0:
         raise QueryError("the map stores no features (feature_dim=0); use query_labels")
     table = _query_table(query_embedding, negative_embeddings, dim)
-    with voxel_map.lock:
+    cutoff = calibration.threshold_for(threshold)
+    groups = None
+    with voxel_map.lock:  # only the snapshot holds the lock, as in query_labels
         instances = voxel_map.instance_table()
-        groups = voxel_map.instances() if len(instances) else None  # no table: no (M,) copy
-        if groups is not None and (groups >= 0).any():
-            score, matches = instance_scores(groups, instances.embeddings, table, calibration, threshold)
+        ids = voxel_map.instances() if len(instances) else None  # no table: no (M,) copy
+        if ids is not None and (ids >= 0).any():
+            chosen = _MatchedVoxels.where(voxel_map, *instance_scores(ids, instances.embeddings, table, calibration,
+                                                                      threshold))
+            groups = ids[chosen.indices]
+        elif calibration.floor <= -1.0:
+            chosen = _MatchedVoxels.where(voxel_map, *decide(*voxel_map.query_similarity(table[0], table[1:]),
+                                                             calibration, threshold))
         else:
-            groups = None
-            if calibration.floor <= -1.0:
-                query_cosine, hardest = voxel_map.query_similarity(table[0], table[1:])
-            else:
-                query_cosine = voxel_map.feature_similarity(table[0], compact=True)
-                candidates = np.flatnonzero(query_cosine >= calibration.floor)
-                hardest = np.full(len(query_cosine), np.inf, np.float32)
-                hardest[candidates] = voxel_map.query_similarity(table[0], table[1:], candidates)[1]
-            score, matches = decide(query_cosine, hardest, calibration, threshold)
-        chosen = _MatchedVoxels.of(voxel_map, matches)  # only the snapshot holds the lock, as in query_labels
-    return chosen.result(score, calibration.threshold_for(threshold), top_k, min_voxels, default_label=label,
-                         groups=groups)
+            candidates, query_cosine = voxel_map.features_at_least(table[0], calibration.floor)
+            score = relevancy(query_cosine, voxel_map.query_similarity(table[0], table[1:], candidates)[1])
+            matches = score >= cutoff
+            chosen = _MatchedVoxels.of(voxel_map, candidates[matches], score[matches], float(score.max(initial=0.0)))
+    return chosen.result(cutoff, top_k, min_voxels, default_label=label, groups=groups)
 
 
 def instance_scores(ids: np.ndarray, embeddings: np.ndarray, table: np.ndarray, calibration: QueryCalibration,
@@ -288,41 +288,46 @@ def query_labels(voxel_map: VoxelMap, query_embedding, negative_embeddings, labe
     label_hardest = np.append(_hardest(per_label[:, 1:]), -np.inf)
     with voxel_map.lock:  # only the snapshot holds the lock: grouping runs while the map integrates
         labels, _ = voxel_map.labels()
-        score, matches = decide(label_query[labels], label_hardest[labels], calibration, threshold)
-        chosen = _MatchedVoxels.of(voxel_map, matches)
-    return chosen.result(score, calibration.threshold_for(threshold), top_k, min_voxels, labels, names)
+        chosen = _MatchedVoxels.where(voxel_map, *decide(label_query[labels], label_hardest[labels], calibration,
+                                                         threshold))
+    return chosen.result(calibration.threshold_for(threshold), top_k, min_voxels, labels[chosen.indices], names)
 
 
 @dataclass
 class _MatchedVoxels:
-    """The matching voxels of one map state: indices (C,) into its accessor order, keys (C, 3), positions (C, 3)."""
+    """The matching voxels of one map state: indices (C,) into its accessor order, their relevancy scores (C,)
+    float32, keys (C, 3), positions (C, 3); and the best relevancy of any voxel in the map, matching or not."""
 
     indices: np.ndarray
+    scores: np.ndarray
     keys: np.ndarray
     positions: np.ndarray
     voxel_size: float
+    max_score: float
 
     @classmethod
-    def of(cls, voxel_map: VoxelMap, matches: np.ndarray) -> "_MatchedVoxels":
-        """Copy the voxels where ``matches`` (M,) holds; call with the map's lock held."""
-        chosen = np.flatnonzero(matches)
-        return cls(chosen, voxel_map.keys(chosen), voxel_map.positions(chosen), voxel_map.voxel_size)
+    def of(cls, voxel_map: VoxelMap, indices: np.ndarray, scores: np.ndarray, max_score: float) -> "_MatchedVoxels":
+        """Copy the voxels at ``indices`` (C,) with their ``scores`` (C,); call with the map's lock held."""
+        return cls(indices, scores, voxel_map.keys(indices), voxel_map.positions(indices), voxel_map.voxel_size,
+                   max_score)
 
-    def result(self, score: np.ndarray, threshold: float, top_k: int, min_voxels: int,
-               labels: np.ndarray | None = None, label_names: Sequence[str] | None = None,
-               default_label: str = "", groups: np.ndarray | None = None) -> QueryResult:
+    @classmethod
+    def where(cls, voxel_map: VoxelMap, score: np.ndarray, matches: np.ndarray) -> "_MatchedVoxels":
+        """The voxels where ``matches`` (M,) holds, from ``decide``'s (M,) ``score``; call with the lock held."""
+        chosen = np.flatnonzero(matches)
+        return cls.of(voxel_map, chosen, score[chosen], float(score.max(initial=0.0)))
+
+    def result(self, threshold: float, top_k: int, min_voxels: int, labels: np.ndarray | None = None,
+               label_names: Sequence[str] | None = None, default_label: str = "",
+               groups: np.ndarray | None = None) -> QueryResult:
         """The QueryResult: these voxels grouped into objects (at most MAX_OBJECTS), the objects' voxels best
-        relevancy first (at most top_k; 0 = all); score, labels and groups (instance ids) are (M,) over the whole
-        map."""
-        chosen = self.indices
-        objects, rank = group_voxels(self.keys, score[chosen], self.voxel_size,
-                                     None if labels is None else labels[chosen], label_names, default_label,
-                                     min_voxels, MAX_OBJECTS, None if groups is None else groups[chosen])
+        relevancy first (at most top_k; 0 = all); labels and groups (instance ids): (C,), these voxels'."""
+        objects, rank = group_voxels(self.keys, self.scores, self.voxel_size, labels, label_names, default_label,
+                                     min_voxels, MAX_OBJECTS, groups)
         kept = np.flatnonzero(rank >= 0)  # the kept objects' voxels, best relevancy first
-        kept = kept[np.argsort(-score[chosen[kept]], kind="stable")][:top_k or None]
-        members = chosen[kept]
-        return QueryResult(members, score[members], self.positions[kept], objects, threshold,
-                           float(score.max(initial=0.0)))
+        kept = kept[np.argsort(-self.scores[kept], kind="stable")][:top_k or None]
+        return QueryResult(self.indices[kept], self.scores[kept], self.positions[kept], objects, threshold,
+                           self.max_score)
 
 
 def group_voxels(keys, scores, voxel_size: float, labels=None, label_names: Sequence[str] | None = None,

@@ -1,9 +1,10 @@
 """Voxel map storage: growth past the first reservation and through many index merges keeps every voxel and its
-data; chunked feature fusion equals one-chunk fusion; the int8 feature copy ranks like float32."""
+data; chunked feature fusion equals one-chunk fusion; the int8 feature copy ranks like float32, and the query's
+compiled pass over it selects the voxels a NumPy reference selects."""
 import numpy as np
 import torch
 
-from ov3dseg_core.mapping import VoxelMap, VoxelMapConfig
+from ov3dseg_core.mapping import VoxelMap, VoxelMapConfig, kernels
 from ov3dseg_core.mapping import voxel_map as voxel_map_module
 from ov3dseg_core.mapping.voxel_map import Int8Scorer, quantize_rows
 
@@ -122,3 +123,65 @@ def test_query_similarity_is_the_query_column_and_the_best_negative(monkeypatch)
     only_query, none = vmap.query_similarity(table[0], table[:0])
     np.testing.assert_allclose(only_query, query, atol=1e-6)
     assert np.isneginf(none).all()
+
+
+def reference_cosines(codes, scale, norm, query):
+    """float64 cosines of the int8 rows with ``query``; NaN where a row has no feature."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return codes.astype(np.float64) @ query * scale / np.where(norm > 0, norm, np.nan)
+
+
+def test_compiled_query_pass_selects_like_numpy():
+    rng = np.random.default_rng(5)
+    for dim, m in ((7, 50), (64, 3000), (384, 9000), (600, 700)):  # 9000 rows: more than two blocks
+        features = rng.standard_normal((m, dim)).astype(np.float32)
+        features[::11] = 0  # rows without a feature
+        codes, scale = (t.numpy() for t in quantize_rows(torch.from_numpy(features)))
+        norm = np.linalg.norm(features, axis=1).astype(np.float32)
+        query = rng.standard_normal(dim).astype(np.float32)
+        query /= np.linalg.norm(query)
+        exact = reference_cosines(codes, scale, norm, query)
+        floor = float(np.nanquantile(exact, 0.9))
+        rows, cosine = kernels.int8_cosines_at_least(codes, scale, norm, *kernels.quantize_query(query, dim),
+                                                     np.float32(floor))
+        clear = np.abs(exact - floor) > 1e-4  # rows within rounding of the floor may go either way
+        expected = np.flatnonzero(exact >= floor)
+        np.testing.assert_array_equal(rows[clear[rows]], expected[clear[expected]])
+        assert np.all(np.diff(rows) > 0) and not np.isin(np.arange(0, m, 11), rows).any()
+        np.testing.assert_allclose(cosine, exact[rows], atol=1e-4)
+
+
+def test_query_pass_cannot_overflow_at_any_feature_size():
+    for dim in (384, 516, 517, 4096):  # the int16 query range shrinks above 516 values
+        codes = np.full((3, dim), 127, np.int8)
+        codes[1] = -127
+        query = np.full(dim, 1 / np.sqrt(dim), np.float32)
+        q, q_scale = kernels.quantize_query(query, dim)
+        assert int(np.abs(q.astype(np.int64)).sum()) * 127 < 2 ** 31
+        scale = np.full(3, 1 / 127, np.float32)
+        norm = np.float32(np.sqrt(dim)) * np.ones(3, np.float32)
+        rows, cosine = kernels.int8_cosines_at_least(codes, scale, norm, q, q_scale, np.float32(-1.0))
+        assert rows.tolist() == [0, 1, 2]
+        np.testing.assert_allclose(cosine, [1.0, -1.0, 1.0], atol=1e-4)
+
+
+def test_features_at_least_skips_evicted_voxels_and_matches_the_full_scores():
+    rng = np.random.default_rng(6)
+    dim = 32
+    vmap = VoxelMap(VoxelMapConfig(voxel_size=VS, feature_dim=dim))
+    points = grid_points(0, 6000)
+    vmap.integrate_features(points, rng.standard_normal((6000, dim)).astype(np.float32))
+    query = rng.standard_normal(dim).astype(np.float32)
+    before = vmap.features_at_least(query, 0.2)
+    assert vmap.evict_outside(points[0], 0.6) > 0  # freed slots keep their stale features
+    vmap.integrate(grid_points(20_000, 50))  # new voxels without features, some in freed slots
+    vmap.integrate_features(grid_points(30_000, 40), rng.standard_normal((40, dim)).astype(np.float32))
+    assert vmap._delta_keys.numel() > 0  # indices come from the main index and the unmerged delta
+    compact = vmap.feature_similarity(query, compact=True)
+    indices, cosine = vmap.features_at_least(query, 0.2)
+    clear = np.abs(compact - 0.2) > 2e-2  # the two paths quantise the query differently
+    expected = np.flatnonzero(compact >= 0.2)
+    np.testing.assert_array_equal(indices[clear[indices]], expected[clear[expected]])
+    np.testing.assert_allclose(cosine, compact[indices], atol=2e-2)
+    assert len(indices) < len(before[0]) and np.all(np.diff(indices) > 0)
+    assert vmap.features_at_least(query, 1.0)[0].size == 0
