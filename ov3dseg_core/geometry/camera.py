@@ -176,7 +176,7 @@ def _kept_depth(d, min_range, max_range):
 def _backproject(depth, rays, stride, min_range, max_range, R, t, colors, labels):
     """The kernel of ``backproject_rgbd``: (3, N) float32 points R @ (ray * depth) + t, (N,) int64 pixel indices,
     (N, 3) colours and (N,) labels (empty when their images are) of the valid pixels of every stride-th row and
-    column (a counting pass, then a filling pass)."""
+    column (a counting pass, then per row a vectorised transform of the whole row and a compacting copy)."""
     height, width = depth.shape
     with_colors, with_labels = colors.shape[0] == height, labels.shape[0] == height
     n = 0
@@ -188,14 +188,18 @@ def _backproject(depth, rays, stride, min_range, max_range, R, t, colors, labels
     pixels = np.empty(n, np.int64)
     point_colors = np.empty((n if with_colors else 0, 3), np.uint8)
     point_labels = np.empty(n if with_labels else 0, np.int32)
+    row = np.empty((3, width), np.float32)
     k = 0
     for v in range(0, height, stride):
-        for u in range(0, width, stride):
+        for u in range(width):
             d = depth[v, u]
-            if _kept_depth(d, min_range, max_range):
-                x, y = rays[0, v, u] * d, rays[1, v, u] * d
+            x, y = rays[0, v, u] * d, rays[1, v, u] * d
+            for a in range(3):
+                row[a, u] = R[a, 0] * x + R[a, 1] * y + R[a, 2] * d + t[a]
+        for u in range(0, width, stride):
+            if _kept_depth(depth[v, u], min_range, max_range):
                 for a in range(3):
-                    points[a, k] = R[a, 0] * x + R[a, 1] * y + R[a, 2] * d + t[a]
+                    points[a, k] = row[a, u]
                 pixels[k] = v * width + u
                 if with_colors:
                     for c in range(3):

@@ -67,29 +67,27 @@ def grid_indices(rows, voxel_size, limit):
     """Voxel indices of (3, N) float32 points (rows x, y, z; metres).
 
     Returns (idx (3, N) int32, keep (N,) bool: finite with |index| <= ``limit`` on every axis, kept (count), lo (3,)
-    and hi (3,) int64: per-axis index bounds of the kept points (lo > hi when none is kept)). Points that are not
-    kept get index 0. Axis by axis and without branches, so that the passes vectorise.
+    and hi (3,) int64: per-axis index bounds of the kept points (lo > hi when none is kept)). The indices of points
+    that are not kept mean nothing (0 on the axes where they are out of range): drop them with ``keep``. Axis by
+    axis and without branches, so that the passes vectorise.
     """
     n = rows.shape[1]
-    grid = np.empty((3, n), np.float32)
-    for a in range(3):
-        for i in range(n):
-            grid[a, i] = np.floor(rows[a, i] / voxel_size)
     bound = np.float32(limit)
+    idx = np.empty((3, n), np.int32)
     keep = np.ones(n, np.bool_)
     for a in range(3):
         for i in range(n):
-            keep[i] &= (-bound <= grid[a, i]) & (grid[a, i] <= bound)  # False for NaN
-    idx = np.empty((3, n), np.int32)
+            g = np.floor(rows[a, i] / voxel_size)
+            inside = (-bound <= g) & (g <= bound)  # False for NaN
+            keep[i] &= inside
+            idx[a, i] = np.int32(g if inside else np.float32(0.0))
     lo = np.empty(3, np.int64)
     hi = np.empty(3, np.int64)
     for a in range(3):
         low, high = np.int32(limit + 1), np.int32(-limit - 1)
         for i in range(n):
-            v = np.int32(grid[a, i] if keep[i] else np.float32(0.0))
-            idx[a, i] = v
-            low = min(low, v if keep[i] else np.int32(limit + 1))
-            high = max(high, v if keep[i] else np.int32(-limit - 1))
+            low = min(low, idx[a, i] if keep[i] else np.int32(limit + 1))
+            high = max(high, idx[a, i] if keep[i] else np.int32(-limit - 1))
         lo[a], hi[a] = low, high
     return idx, keep, int(keep.sum()), lo, hi
 
