@@ -202,11 +202,33 @@ def int8_cosines_at_least(codes, scale, norm, query, query_scale, floor):
     return rows[:found].copy(), cosine[:found].copy()
 
 
-def quantize_query(query: np.ndarray, dim: int) -> tuple[np.ndarray, np.float32]:
-    """(D,) float32 unit query -> (int16 codes, scale) for ``int8_cosines_at_least``: the largest code range whose
-    int32 sums over ``dim`` int8 features cannot overflow (32767 up to D = 516), so the query's own rounding error
-    (about 1e-5 relative at D = 384) is negligible next to the features' int8 error."""
-    limit = min(32767, (2 ** 31 - 1) // (127 * max(dim, 1)))
-    peak = float(np.abs(query).max(initial=0.0))
-    scale = np.float32(peak / limit if peak > 0 else 1.0)
-    return np.rint(query / scale).astype(np.int16), scale
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def int8_max_cosines(codes, scale, norm, rows, queries, query_scales):
+    """Per int8 row at ``rows`` (C,) int64, the largest cosine with K unit queries: (C,) float32 in [-1, 1], -inf
+    when K = 0 or the row has no feature. codes, scale, norm as in ``int8_cosines_at_least``; queries (K, D) int16
+    and query_scales (K,) float32 as ``quantize_query`` gives them."""
+    k, d = queries.shape
+    best = np.full(rows.size, -np.inf, np.float32)
+    for r in range(rows.size):
+        i = rows[r]
+        if norm[i] > 0:
+            unit = scale[i] / norm[i]
+            for q in range(k):
+                dot = np.int32(0)
+                for j in range(d):
+                    dot = np.int32(dot + np.int32(queries[q, j]) * np.int32(codes[i, j]))
+                c = min(max(np.float32(dot) * unit * query_scales[q], np.float32(-1.0)), np.float32(1.0))
+                best[r] = max(best[r], c)
+    return best
+
+
+def quantize_query(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., D) float32 unit queries -> (int16 codes (..., D), scales (...,) float32) for the kernels above: per
+    query the largest code range whose int32 sums over D int8 features cannot overflow (32767 up to D = 516), so
+    the query's own rounding error (about 1e-5 relative at D = 384) is negligible next to the features' int8
+    error."""
+    queries = np.asarray(queries, np.float32)
+    limit = min(32767, (2 ** 31 - 1) // (127 * max(queries.shape[-1], 1)))
+    peak = np.abs(queries).max(axis=-1, initial=0.0)
+    scale = np.where(peak > 0, peak / limit, 1.0).astype(np.float32)
+    return np.rint(queries / scale[..., None]).astype(np.int16), scale

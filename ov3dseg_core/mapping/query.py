@@ -245,8 +245,8 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
             chosen = _MatchedVoxels.where(voxel_map, *decide(*voxel_map.query_similarity(table[0], table[1:]),
                                                              calibration, threshold))
         else:
-            candidates, query_cosine = voxel_map.features_at_least(table[0], calibration.floor)
-            score = relevancy(query_cosine, voxel_map.query_similarity(table[0], table[1:], candidates)[1])
+            candidates, query_cosine, hardest = voxel_map.features_at_least(table[0], calibration.floor, table[1:])
+            score = relevancy(query_cosine, hardest)
             matches = score >= cutoff
             chosen = _MatchedVoxels.of(voxel_map, candidates[matches], score[matches], float(score.max(initial=0.0)))
     return chosen.result(cutoff, top_k, min_voxels, default_label=label, groups=groups)

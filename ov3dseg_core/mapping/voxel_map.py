@@ -425,43 +425,40 @@ class VoxelMap:
                     cosine = cosine.index_select(0, slots)
         return _host(cosine[:, 0] if single else cosine)
 
-    def features_at_least(self, embedding, floor: float) -> tuple[np.ndarray, np.ndarray]:
-        """The voxels whose cosine with ``embedding`` (D,) reaches ``floor``, from the int8 store: (indices (C,)
-        int64 ascending, into the accessor order; cosine (C,) float32), as ``feature_similarity(compact=True)``
-        would give them (within its 1e-2) without the (M,) array. On the CPU one compiled pass reads each voxel's D
-        bytes once (``kernels.int8_cosines_at_least``); other devices score all voxels with torch and select."""
-        e = self._unit_embeddings(embedding)
-        if e.shape[0] != 1:
-            raise ValueError(f"features_at_least takes one embedding, got {e.shape[0]}")
+    def features_at_least(self, query, floor: float, negatives=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The voxels whose cosine with ``query`` (D,) reaches ``floor``, from the int8 store: (indices (C,) int64
+        ascending, into the accessor order; cosine (C,) float32; hardest (C,) float32: the largest cosine with the
+        (K, D) ``negatives``, -inf when there are none). The values are those of ``query_similarity`` (within
+        the int8 store's 1e-2) without its (M,) arrays. On the CPU one compiled pass reads each voxel's D bytes
+        once (``kernels.int8_cosines_at_least``) and only the C voxels are scored against the negatives; other
+        devices score all voxels with torch and select."""
+        e = self._query_rows(query, negatives)
         with self.lock:
             if self.device.type != "cpu":
-                cosine = self._int8_cosines(e, None, 1)[:, 0]
-                indices = torch.nonzero(cosine >= floor).reshape(-1)
-                return _host(indices), _host(cosine.index_select(0, indices))
-            query, query_scale = kernels.quantize_query(e[0].numpy(), self.config.feature_dim)
-            rows, cosine = kernels.int8_cosines_at_least(
-                self._slot_rows("feature_code", None).numpy(), self._slot_rows("feature_scale", None).numpy(),
-                self._slot_rows("feature_norm", None).numpy(), query, query_scale, np.float32(floor))
+                cosine = self._int8_cosines(e, None, 2, _query_and_hardest)
+                indices = torch.nonzero(cosine[:, 0] >= floor).reshape(-1)
+                chosen = cosine.index_select(0, indices)
+                return _host(indices), _host(chosen[:, 0]), _host(chosen[:, 1])
+            store = [self._slot_rows(name, None).numpy() for name in ("feature_code", "feature_scale", "feature_norm")]
+            codes, scales = kernels.quantize_query(e.numpy())
+            rows, cosine = kernels.int8_cosines_at_least(*store, codes[0], scales[0], np.float32(floor))
+            hardest = kernels.int8_max_cosines(*store, rows, codes[1:], scales[1:])
             keys, slots = self._ordered()
             rows = torch.from_numpy(rows)
             at = _searchsorted(keys, pack_keys(self._slots["keys"].index_select(0, rows))).clamp_(
                 max=max(keys.numel() - 1, 0))
             live = slots.index_select(0, at) == rows if keys.numel() else torch.zeros_like(rows, dtype=torch.bool)
             indices, order = torch.sort(at[live])  # rows of freed slots (stale features) are not in the index
-        return indices.numpy(), cosine[live.numpy()][order.numpy()]
+        kept = live.numpy().nonzero()[0][order.numpy()]
+        return indices.numpy(), cosine[kept], hardest[kept]
 
     def query_similarity(self, query, negatives, indices=None) -> tuple[np.ndarray, np.ndarray]:
         """Per voxel, from the int8 store: (cosine with ``query`` (D,), largest cosine with the (K, D) ``negatives``),
         two (M,) float32 arrays; -inf where a voxel has no feature, and -inf as the largest when K = 0.
         ``indices`` as in ``feature_similarity``. No (M, K) intermediate (see ``_int8_cosines``)."""
-        negatives = np.asarray(_host(negatives), dtype=np.float32).reshape(-1, np.shape(query)[-1])
-        e = self._unit_embeddings(np.vstack([np.reshape(_host(query), (1, -1)), negatives]))
-
-        def best(cosine: torch.Tensor) -> torch.Tensor:  # (C, 1 + K) -> (C, 2): query, largest negative
-            hardest = cosine[:, 1:].amax(dim=1) if cosine.shape[1] > 1 else torch.full_like(cosine[:, 0], -torch.inf)
-            return torch.stack([cosine[:, 0], hardest], dim=1)
+        e = self._query_rows(query, negatives)
         with self.lock:
-            cosine = self._int8_cosines(e, indices, 2, best)
+            cosine = self._int8_cosines(e, indices, 2, _query_and_hardest)
         return _host(cosine[:, 0]), _host(cosine[:, 1])
 
     def _int8_cosines(self, embeddings: torch.Tensor, indices, width: int, reduce=None) -> torch.Tensor:
@@ -479,6 +476,12 @@ class VoxelMap:
             cosine = _cosine_(scorer(codes[part], scale[part]), norm[part, None])
             out[part] = cosine if reduce is None else reduce(cosine)
         return out.index_select(0, slots) if indices is None else out
+
+    def _query_rows(self, query, negatives) -> torch.Tensor:
+        """(1 + K, D) float32 unit rows: ``query`` (D,), then the (K, D) ``negatives`` (None: K = 0)."""
+        negatives = np.asarray(_host([] if negatives is None else negatives), np.float32)
+        return self._unit_embeddings(np.vstack([np.reshape(_host(query), (1, -1)),
+                                                negatives.reshape(-1, np.shape(query)[-1])]))
 
     def _unit_embeddings(self, embedding) -> torch.Tensor:
         """(K, D) float32 unit rows on the map's device from a (D,) or (K, D) embedding; ValueError when impossible."""
@@ -897,13 +900,14 @@ class VoxelMap:
             try:
                 self._resize(max(need, self.config.max_voxels + RESERVE_HEADROOM))
                 return
-            except (RuntimeError, MemoryError):  # the OS refused the reservation (overcommit limits)
+            except RuntimeError:  # the OS refused the reservation (overcommit limits)
                 pass
         self._resize(doubled)
 
     def _resize(self, capacity: int) -> None:
         """Move the used slots into uninitialised arrays of ``capacity`` slots (fresh slots are zeroed on use)."""
-        grown = {name: _empty((capacity, *t.shape[1:]), t.dtype, self.device) for name, t in self._slots.items()}
+        grown = {name: torch.empty((capacity, *t.shape[1:]), dtype=t.dtype, device=self.device)
+                 for name, t in self._slots.items()}
         for name, t in grown.items():
             t[:self._used] = self._slots[name][:self._used]
         self._slots = grown
@@ -980,15 +984,6 @@ def _spread_matrix(inverse: np.ndarray, u: int, weights: np.ndarray | None) -> s
     n = inverse.size
     data = np.ones(n, np.float32) if weights is None else weights
     return sparse.csc_matrix((data, inverse, np.arange(n + 1, dtype=np.int32)), shape=(u, n))
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised tensor; on the CPU allocated by NumPy, which asks the kernel for transparent huge pages on
-    large arrays (madvise; torch's allocator does not): a query's pass over 1M x 384 B of int8 features ran 12 %
-    faster on them (fewer TLB misses), and the memory-read floor it is measured against 11 %."""
-    if device.type == "cpu":
-        return torch.from_numpy(np.empty(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _host(values) -> np.ndarray:
@@ -1074,6 +1069,12 @@ class Int8Scorer:
             for i in range(0, codes.shape[0], FUSION_CHUNK):
                 torch.mm(codes[i:i + FUSION_CHUNK].to(torch.float32), self.dense, out=dots[i:i + FUSION_CHUNK])
         return dots.mul_(scale[:, None])
+
+
+def _query_and_hardest(cosine: torch.Tensor) -> torch.Tensor:
+    """(C, 1 + K) cosines with a query and K negatives -> (C, 2): the query's, the largest negative's (-inf: K = 0)."""
+    hardest = cosine[:, 1:].amax(dim=1) if cosine.shape[1] > 1 else torch.full_like(cosine[:, 0], -torch.inf)
+    return torch.stack([cosine[:, 0], hardest], dim=1)
 
 
 def _cosine_(dots: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:

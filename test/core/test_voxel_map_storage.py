@@ -142,8 +142,8 @@ def test_compiled_query_pass_selects_like_numpy():
         query /= np.linalg.norm(query)
         exact = reference_cosines(codes, scale, norm, query)
         floor = float(np.nanquantile(exact, 0.9))
-        rows, cosine = kernels.int8_cosines_at_least(codes, scale, norm, *kernels.quantize_query(query, dim),
-                                                     np.float32(floor))
+        q, q_scale = kernels.quantize_query(query)
+        rows, cosine = kernels.int8_cosines_at_least(codes, scale, norm, q, q_scale, np.float32(floor))
         clear = np.abs(exact - floor) > 1e-4  # rows within rounding of the floor may go either way
         expected = np.flatnonzero(exact >= floor)
         np.testing.assert_array_equal(rows[clear[rows]], expected[clear[expected]])
@@ -156,7 +156,7 @@ def test_query_pass_cannot_overflow_at_any_feature_size():
         codes = np.full((3, dim), 127, np.int8)
         codes[1] = -127
         query = np.full(dim, 1 / np.sqrt(dim), np.float32)
-        q, q_scale = kernels.quantize_query(query, dim)
+        q, q_scale = kernels.quantize_query(query)
         assert int(np.abs(q.astype(np.int64)).sum()) * 127 < 2 ** 31
         scale = np.full(3, 1 / 127, np.float32)
         norm = np.float32(np.sqrt(dim)) * np.ones(3, np.float32)
@@ -171,17 +171,38 @@ def test_features_at_least_skips_evicted_voxels_and_matches_the_full_scores():
     vmap = VoxelMap(VoxelMapConfig(voxel_size=VS, feature_dim=dim))
     points = grid_points(0, 6000)
     vmap.integrate_features(points, rng.standard_normal((6000, dim)).astype(np.float32))
-    query = rng.standard_normal(dim).astype(np.float32)
-    before = vmap.features_at_least(query, 0.2)
+    query, negatives = rng.standard_normal(dim), rng.standard_normal((5, dim))
+    before = vmap.features_at_least(query, 0.2)[0]
     assert vmap.evict_outside(points[0], 0.6) > 0  # freed slots keep their stale features
     vmap.integrate(grid_points(20_000, 50))  # new voxels without features, some in freed slots
     vmap.integrate_features(grid_points(30_000, 40), rng.standard_normal((40, dim)).astype(np.float32))
     assert vmap._delta_keys.numel() > 0  # indices come from the main index and the unmerged delta
-    compact = vmap.feature_similarity(query, compact=True)
-    indices, cosine = vmap.features_at_least(query, 0.2)
-    clear = np.abs(compact - 0.2) > 2e-2  # the two paths quantise the query differently
-    expected = np.flatnonzero(compact >= 0.2)
+    full, full_hardest = vmap.query_similarity(query, negatives)
+    indices, cosine, hardest = vmap.features_at_least(query, 0.2, negatives)
+    clear = np.abs(full - 0.2) > 2e-2  # the two paths quantise the queries differently
+    expected = np.flatnonzero(full >= 0.2)
     np.testing.assert_array_equal(indices[clear[indices]], expected[clear[expected]])
-    np.testing.assert_allclose(cosine, compact[indices], atol=2e-2)
-    assert len(indices) < len(before[0]) and np.all(np.diff(indices) > 0)
+    np.testing.assert_allclose(cosine, full[indices], atol=2e-2)
+    np.testing.assert_allclose(hardest, full_hardest[indices], atol=2e-2)
+    assert len(indices) < len(before) and np.all(np.diff(indices) > 0)
+    no_negatives = vmap.features_at_least(query, 0.2)
+    np.testing.assert_array_equal(no_negatives[0], indices)
+    assert np.isneginf(no_negatives[2]).all()
     assert vmap.features_at_least(query, 1.0)[0].size == 0
+
+
+def test_compiled_negatives_pass_is_the_largest_cosine():
+    rng = np.random.default_rng(7)
+    features = rng.standard_normal((500, 48)).astype(np.float32)
+    features[3] = 0
+    codes, scale = (t.numpy() for t in quantize_rows(torch.from_numpy(features)))
+    norm = np.linalg.norm(features, axis=1).astype(np.float32)
+    negatives = rng.standard_normal((4, 48)).astype(np.float32)
+    negatives /= np.linalg.norm(negatives, axis=1, keepdims=True)
+    rows = np.array([0, 3, 17, 499])
+    q, q_scale = kernels.quantize_query(negatives)
+    best = kernels.int8_max_cosines(codes, scale, norm, rows, q, q_scale)
+    exact = np.max([reference_cosines(codes, scale, norm, n) for n in negatives], axis=0)
+    np.testing.assert_allclose(best[[0, 2, 3]], exact[[0, 17, 499]], atol=1e-4)
+    assert np.isneginf(best[1])  # no feature
+    assert np.isneginf(kernels.int8_max_cosines(codes, scale, norm, rows, q[:0], q_scale[:0])).all()
