@@ -435,10 +435,7 @@ class VoxelMap:
         e = self._query_rows(query, negatives)
         with self.lock:
             if self.device.type != "cpu":
-                cosine = self._int8_cosines(e, None, 2, _query_and_hardest)
-                indices = torch.nonzero(cosine[:, 0] >= floor).reshape(-1)
-                chosen = cosine.index_select(0, indices)
-                return _host(indices), _host(chosen[:, 0]), _host(chosen[:, 1])
+                return self._scored_at_least(e, floor)
             store = [self._slot_rows(name, None).numpy() for name in ("feature_code", "feature_scale", "feature_norm")]
             codes, scales = kernels.quantize_query(e.numpy())
             rows, cosine = kernels.int8_cosines_at_least(*store, codes[0], scales[0], np.float32(floor))
@@ -451,6 +448,14 @@ class VoxelMap:
             indices, order = torch.sort(at[live])  # rows of freed slots (stale features) are not in the index
         kept = live.numpy().nonzero()[0][order.numpy()]
         return indices.numpy(), cosine[kept], hardest[kept]
+
+    def _scored_at_least(self, rows: torch.Tensor, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``features_at_least`` with torch on any device: every voxel scored against the (1 + K, D) unit ``rows``
+        (the query, then the negatives), then the voxels at or above the floor selected. Lock held."""
+        cosine = self._int8_cosines(rows, None, 2, _query_and_hardest)
+        indices = torch.nonzero(cosine[:, 0] >= floor).reshape(-1)
+        chosen = cosine.index_select(0, indices)
+        return _host(indices), _host(chosen[:, 0]), _host(chosen[:, 1])
 
     def query_similarity(self, query, negatives, indices=None) -> tuple[np.ndarray, np.ndarray]:
         """Per voxel, from the int8 store: (cosine with ``query`` (D,), largest cosine with the (K, D) ``negatives``),
@@ -487,15 +492,15 @@ class VoxelMap:
         """(K, D) float32 unit rows on the map's device from a (D,) or (K, D) embedding; ValueError when impossible."""
         if self.config.feature_dim == 0:
             raise ValueError("this map stores no features (feature_dim=0)")
-        e = torch.as_tensor(_host(embedding), dtype=torch.float32, device=self.device)
-        e = e.reshape(1, -1) if e.dim() <= 1 else e
-        if e.dim() != 2 or e.shape[1] != self.config.feature_dim:
+        e = np.asarray(_host(embedding), dtype=np.float32)  # a few rows: NumPy, then one copy to the device
+        e = e.reshape(1, -1) if e.ndim <= 1 else e
+        if e.ndim != 2 or e.shape[1] != self.config.feature_dim:
             raise ValueError(f"embedding has shape {tuple(e.shape)}, the map's features have "
                              f"{self.config.feature_dim} values")
-        norm = torch.linalg.vector_norm(e, dim=1, keepdim=True)
-        if not bool(torch.isfinite(norm).all()) or bool((norm == 0).any()):
+        norm = np.linalg.norm(e, axis=1, keepdims=True)
+        if not np.isfinite(norm).all() or (norm == 0).any():
             raise ValueError("embedding must be finite and non-zero")
-        return e / norm
+        return torch.from_numpy(e / norm).to(self.device)
 
     def _scored_slots(self, indices) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(slots of the voxels to score, in accessor order; the rows to read: those slots, or None = all used

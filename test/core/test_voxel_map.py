@@ -356,3 +356,10 @@ def test_cuda_matches_cpu():
     np.testing.assert_array_equal(maps[0].label_distribution(), maps[1].label_distribution())
     np.testing.assert_allclose(maps[0].features().astype(np.float32), maps[1].features().astype(np.float32),
                                atol=2e-3)
+    query, negatives = rng.standard_normal(4), rng.standard_normal((2, 4))
+    (cpu_idx, cpu_cos, cpu_hard), (gpu_idx, gpu_cos, gpu_hard) = (m.features_at_least(query, 0.0, negatives)
+                                                                  for m in maps)
+    both = np.intersect1d(cpu_idx, gpu_idx)  # voxels within rounding of the floor may differ
+    assert len(both) >= 0.95 * max(len(cpu_idx), len(gpu_idx))
+    np.testing.assert_allclose(cpu_cos[np.isin(cpu_idx, both)], gpu_cos[np.isin(gpu_idx, both)], atol=2e-2)
+    np.testing.assert_allclose(cpu_hard[np.isin(cpu_idx, both)], gpu_hard[np.isin(gpu_idx, both)], atol=2e-2)

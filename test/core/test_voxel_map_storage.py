@@ -185,6 +185,10 @@ def test_features_at_least_skips_evicted_voxels_and_matches_the_full_scores():
     np.testing.assert_allclose(cosine, full[indices], atol=2e-2)
     np.testing.assert_allclose(hardest, full_hardest[indices], atol=2e-2)
     assert len(indices) < len(before) and np.all(np.diff(indices) > 0)
+    with vmap.lock:  # the torch path that maps on other devices take selects the same voxels
+        torch_path = vmap._scored_at_least(vmap._query_rows(query, negatives), 0.2)
+    np.testing.assert_array_equal(torch_path[0][clear[torch_path[0]]], expected[clear[expected]])
+    np.testing.assert_allclose(torch_path[2], full_hardest[torch_path[0]], atol=1e-6)
     no_negatives = vmap.features_at_least(query, 0.2)
     np.testing.assert_array_equal(no_negatives[0], indices)
     assert np.isneginf(no_negatives[2]).all()
