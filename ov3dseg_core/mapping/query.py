@@ -232,7 +232,6 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
     if dim == 0:
         raise QueryError("the map stores no features (feature_dim=0); use query_labels")
     table = _query_table(query_embedding, negative_embeddings, dim)
-    cutoff = calibration.threshold_for(threshold)
     groups = None
     with voxel_map.lock:  # only the snapshot holds the lock, as in query_labels
         instances = voxel_map.instance_table()
@@ -246,10 +245,9 @@ def query_features(voxel_map: VoxelMap, query_embedding, negative_embeddings, ca
                                                              calibration, threshold))
         else:
             candidates, query_cosine, hardest = voxel_map.features_at_least(table[0], calibration.floor, table[1:])
-            score = relevancy(query_cosine, hardest)
-            matches = score >= cutoff
-            chosen = _MatchedVoxels.of(voxel_map, candidates[matches], score[matches], float(score.max(initial=0.0)))
-    return chosen.result(cutoff, top_k, min_voxels, default_label=label, groups=groups)
+            chosen = _MatchedVoxels.where(voxel_map, *decide(query_cosine, hardest, calibration, threshold),
+                                          candidates)
+    return chosen.result(calibration.threshold_for(threshold), top_k, min_voxels, default_label=label, groups=groups)
 
 
 def instance_scores(ids: np.ndarray, embeddings: np.ndarray, table: np.ndarray, calibration: QueryCalibration,
@@ -306,16 +304,14 @@ class _MatchedVoxels:
     max_score: float
 
     @classmethod
-    def of(cls, voxel_map: VoxelMap, indices: np.ndarray, scores: np.ndarray, max_score: float) -> "_MatchedVoxels":
-        """Copy the voxels at ``indices`` (C,) with their ``scores`` (C,); call with the map's lock held."""
-        return cls(indices, scores, voxel_map.keys(indices), voxel_map.positions(indices), voxel_map.voxel_size,
-                   max_score)
-
-    @classmethod
-    def where(cls, voxel_map: VoxelMap, score: np.ndarray, matches: np.ndarray) -> "_MatchedVoxels":
-        """The voxels where ``matches`` (M,) holds, from ``decide``'s (M,) ``score``; call with the lock held."""
+    def where(cls, voxel_map: VoxelMap, score: np.ndarray, matches: np.ndarray,
+              voxels: np.ndarray | None = None) -> "_MatchedVoxels":
+        """Copy the voxels where ``matches`` holds, with ``decide``'s ``score``: over the whole map ((M,) arrays),
+        or over the voxels at ``voxels`` (C,) (the others scoring 0); call with the map's lock held."""
         chosen = np.flatnonzero(matches)
-        return cls.of(voxel_map, chosen, score[chosen], float(score.max(initial=0.0)))
+        indices = chosen if voxels is None else voxels[chosen]
+        return cls(indices, score[chosen], voxel_map.keys(indices), voxel_map.positions(indices),
+                   voxel_map.voxel_size, float(score.max(initial=0.0)))
 
     def result(self, threshold: float, top_k: int, min_voxels: int, labels: np.ndarray | None = None,
                label_names: Sequence[str] | None = None, default_label: str = "",
